@@ -1,0 +1,256 @@
+"""Built-in synthetic instance-segmentation dataset, generated deterministically and cached on disk.
+
+Shapes are chosen so that mask quality matters: rings and frames have holes, stars, crosses and
+crescents are non-convex, instances occlude each other (each keeps at least half of its area visible),
+sizes range from small to large, and both objects and background are textured. Each image depends only
+on ``(seed, split, index)``, so any subset can be regenerated bit-exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+SYNTHETIC_CLASSES: tuple[str, ...] = ("ring", "star", "cross", "crescent", "frame")
+GENERATOR_VERSION = 1
+_SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_029}
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Everything that determines the generated images; part of the cache key."""
+
+    split: str = "train"
+    num_images: int = 600
+    image_size: int = 256
+    seed: int = 0
+    min_instances: int = 2
+    max_instances: int = 7
+    min_size: float = 14.0
+    max_size: float = 110.0
+    max_occlusion: float = 0.5
+
+    def cache_name(self) -> str:
+        return (
+            f"v{GENERATOR_VERSION}_{self.split}_n{self.num_images}_s{self.image_size}_seed{self.seed}"
+            f"_i{self.min_instances}-{self.max_instances}_z{self.min_size:g}-{self.max_size:g}_o{self.max_occlusion:g}"
+        )
+
+
+def default_root() -> Path:
+    """``$D2MX_DATASETS`` or ``./datasets`` (like Detectron2's ``DETECTRON2_DATASETS``), plus ``maskext_synth``."""
+    return Path(os.environ.get("D2MX_DATASETS", "datasets")) / "maskext_synth"
+
+
+# ----------------------------------------------------------------------------------------------- shapes
+def _regular_polygon(radii: np.ndarray, angle0: float) -> np.ndarray:
+    angles = angle0 + np.linspace(0.0, 2 * np.pi, len(radii), endpoint=False)
+    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+
+
+def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return points @ np.array([[c, s], [-s, c]])
+
+
+def _fill(canvas: np.ndarray, center: np.ndarray, points: np.ndarray, value: int) -> None:
+    """Rasterize a polygon given relative to ``center`` with 4-bit sub-pixel precision."""
+    pts = np.round((points + center) * 16).astype(np.int32)
+    cv2.fillPoly(canvas, [pts], value, lineType=cv2.LINE_8, shift=4)
+
+
+def _ellipse(canvas: np.ndarray, center: np.ndarray, axes: tuple[float, float], angle: float, value: int) -> None:
+    n = 64
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    pts = _rotate(np.stack([axes[0] * np.cos(t), axes[1] * np.sin(t)], axis=1), angle)
+    _fill(canvas, center, pts, value)
+
+
+def _draw_shape(cls: int, canvas: np.ndarray, center: np.ndarray, size: float, rng: np.random.Generator) -> None:
+    """Draw class ``cls`` with diameter ~``size`` into the uint8 ``canvas`` (1 = object)."""
+    r = size / 2
+    angle = rng.uniform(0, 2 * np.pi)
+    name = SYNTHETIC_CLASSES[cls]
+    if name == "ring":
+        aspect = rng.uniform(0.7, 1.0)
+        _ellipse(canvas, center, (r, r * aspect), angle, 1)
+        hole = rng.uniform(0.4, 0.65)
+        _ellipse(canvas, center, (r * hole, r * aspect * hole), angle, 0)
+    elif name == "star":
+        n_points = int(rng.integers(5, 8))
+        radii = np.tile([r, r * rng.uniform(0.38, 0.55)], n_points)
+        _fill(canvas, center, _regular_polygon(radii, angle), 1)
+    elif name == "cross":
+        w = r * rng.uniform(0.3, 0.45)
+        arm = np.array([[-r, -w], [r, -w], [r, w], [-r, w]])
+        _fill(canvas, center, _rotate(arm, angle), 1)
+        _fill(canvas, center, _rotate(arm[:, ::-1], angle), 1)
+    elif name == "crescent":
+        _ellipse(canvas, center, (r, r), 0.0, 1)
+        offset = _rotate(np.array([[r * rng.uniform(0.35, 0.55), 0.0]]), angle)[0]
+        _ellipse(canvas, center + offset, (r * 0.85, r * 0.85), 0.0, 0)
+    elif name == "frame":
+        square = np.array([[-r, -r], [r, -r], [r, r], [-r, r]]) * 0.8
+        _fill(canvas, center, _rotate(square, angle), 1)
+        _fill(canvas, center, _rotate(square * rng.uniform(0.45, 0.62), angle), 0)
+    else:  # pragma: no cover - SYNTHETIC_CLASSES and this function change together
+        raise AssertionError(name)
+
+
+# ------------------------------------------------------------------------------------------- textures
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    small = rng.random((cells, cells, 3)).astype(np.float32)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    base = rng.uniform(40, 200, size=3).astype(np.float32)
+    img = base + 60 * (_smooth_noise(rng, size, int(rng.integers(3, 9))) - 0.5)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    theta = rng.uniform(0, np.pi)
+    period = rng.uniform(6, 30)
+    stripes = np.sin((xx * np.cos(theta) + yy * np.sin(theta)) * 2 * np.pi / period)
+    img += rng.uniform(5, 25) * stripes[..., None] * rng.uniform(-1, 1, size=3).astype(np.float32)
+    img += rng.normal(0, 6, size=img.shape).astype(np.float32)
+    return img
+
+
+def _object_texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    color = rng.uniform(20, 235, size=3).astype(np.float32)
+    tex = color + 45 * (_smooth_noise(rng, size, int(rng.integers(4, 16))) - 0.5)
+    return tex + rng.normal(0, 8, size=tex.shape).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------ generation
+def generate_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, list[dict]]:
+    """Return the BGR uint8 image and its annotations (visible masks as uint8 arrays) for one index."""
+    rng = np.random.default_rng([spec.seed, _SPLIT_OFFSETS.get(spec.split, 3_000_017), index])
+    s = spec.image_size
+    img = _background(rng, s)
+    visible: list[np.ndarray] = []
+    classes: list[int] = []
+    target = int(rng.integers(spec.min_instances, spec.max_instances + 1))
+    for _ in range(target * 6):
+        if len(classes) == target:
+            break
+        cls = int(rng.integers(len(SYNTHETIC_CLASSES)))
+        size = float(np.exp(rng.uniform(np.log(spec.min_size), np.log(spec.max_size))))
+        center = rng.uniform(size * 0.3, s - size * 0.3, size=2)
+        full = np.zeros((s, s), np.uint8)
+        _draw_shape(cls, full, center, size, rng)
+        if full.sum() < 16:
+            continue
+        # The new shape is painted on top: keep it only if every earlier instance stays mostly visible.
+        occluded = [m & (1 - full) for m in visible]
+        if any(o.sum() < (1 - spec.max_occlusion) * m.sum() for o, m in zip(occluded, visible)):
+            continue
+        visible = occluded + [full]
+        classes.append(cls)
+        tex = _object_texture(rng, s)
+        img = np.where(full[..., None] > 0, tex, img)
+    image = np.clip(img, 0, 255).astype(np.uint8)
+    annotations = [{"category_id": c, "mask": m} for c, m in zip(classes, visible)]
+    return image, annotations
+
+
+def mask_to_coco_annotation(mask: np.ndarray, category_id: int, ann_id: int, image_id: int) -> dict:
+    """COCO annotation with compressed RLE (exact, holes included) and a tight XYWH box."""
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    x, y, w, h = (float(v) for v in mask_util.toBbox(rle))
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": rle,
+        "area": float(mask_util.area(rle)),
+        "bbox": [x, y, w, h],
+        "iscrowd": 0,
+    }
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def ensure_generated(spec: SyntheticSpec, root: Path | None = None) -> Path:
+    """Generate the split under ``root`` unless already cached; return the COCO JSON path.
+
+    The JSON is written last and atomically, so its presence marks a complete split; concurrent
+    generators (e.g. several ``launch`` workers) write identical files and cannot corrupt each other.
+    """
+    out = (root or default_root()) / spec.cache_name()
+    json_path = out / "annotations.json"
+    if json_path.is_file():
+        return json_path
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for index in tqdm(range(spec.num_images), desc=f"generating synthetic {spec.split}", unit="img", leave=False):
+        image, anns = generate_image(spec, index)
+        file_name = f"{index:06d}.png"
+        ok, png = cv2.imencode(".png", image)
+        if not ok:  # pragma: no cover - cv2 always encodes uint8 BGR
+            raise RuntimeError(f"could not encode synthetic image {index}")
+        _atomic_write_bytes(out / "images" / file_name, png.tobytes())
+        images.append({"id": index, "file_name": file_name, "height": spec.image_size, "width": spec.image_size})
+        for ann in anns:
+            annotations.append(mask_to_coco_annotation(ann["mask"], ann["category_id"] + 1, len(annotations) + 1, index))
+    coco = {
+        "info": {"description": "d2_maskext synthetic dataset", "spec": asdict(spec)},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SYNTHETIC_CLASSES)],
+    }
+    _atomic_write_bytes(json_path, json.dumps(coco).encode())
+    logger.info("generated %d synthetic %s images with %d instances in %s", len(images), spec.split, len(annotations), out)
+    return json_path
+
+
+def register_synthetic(name: str, spec: SyntheticSpec, root: Path | None = None) -> None:
+    """Register ``name`` in Detectron2's catalogs; images are generated on first use and cached."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets.coco import load_coco_json
+
+    base = root or default_root()
+    json_path = base / spec.cache_name() / "annotations.json"
+
+    def load() -> list[dict]:
+        path = ensure_generated(spec, base)
+        return load_coco_json(str(path), str(path.parent / "images"), name)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        thing_classes=list(SYNTHETIC_CLASSES),
+        json_file=str(json_path),
+        image_root=str(json_path.parent / "images"),
+        evaluator_type="coco",
+    )
+
+
+BUILTIN_SYNTHETIC: dict[str, SyntheticSpec] = {
+    "maskext_synth_train": SyntheticSpec(split="train", num_images=1000),
+    "maskext_synth_val": SyntheticSpec(split="val", num_images=150),
+    "maskext_synth_tiny_train": SyntheticSpec(split="train", num_images=16, image_size=128, min_size=16, max_size=60),
+    "maskext_synth_tiny_val": SyntheticSpec(split="val", num_images=8, image_size=128, min_size=16, max_size=60),
+}
+
+
+def register_builtin_synthetic() -> None:
+    """Register the built-in splits (called on ``import d2_maskext``; cheap: nothing is generated yet)."""
+    from detectron2.data import DatasetCatalog
+
+    for name, spec in BUILTIN_SYNTHETIC.items():
+        if name not in DatasetCatalog.list():
+            register_synthetic(name, spec)

@@ -1,0 +1,5 @@
+"""Model components; importing this package registers them in Detectron2's registries."""
+
+from .roi_heads import MaskExtROIHeads
+
+__all__ = ["MaskExtROIHeads"]

@@ -64,8 +64,8 @@ then
 fi
 
 log "building d2_maskext and its extension (FORCE_CUDA=${FORCE_CUDA:-0})"
-CUDA_INC="$SITE/nvidia/cu13/include"
 if [ "${FORCE_CUDA:-0}" = "1" ]; then
+  # setup.py adds <site-packages>/nvidia/cu13/include (cusparse.h, ...) to the include path itself.
   export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
   export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
 fi

@@ -1,11 +1,26 @@
-"""Evaluators shared by ``train_net.py --eval-only`` and the evaluation report."""
+"""Evaluators shared by ``train_net.py --eval-only`` and the evaluation report, and the report itself."""
 
 from __future__ import annotations
 
 from detectron2.config import CfgNode
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
+from .report import ReportOptions, write_report, write_report_from_files
+
 
 def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
-    """COCO box and mask AP on ``dataset_name``."""
-    return COCOEvaluator(dataset_name, output_dir=output_folder, tasks=("bbox", "segm"), max_dets_per_image=100)
+    """COCO box (and mask, when ``MODEL.MASK_ON``) AP on ``dataset_name`` with the official pycocotools COCOeval.
+
+    Detectron2's faster C++ COCOeval is not used: its numbers may differ slightly and it drops the
+    per-image matches the report reads.
+    """
+    return COCOEvaluator(
+        dataset_name,
+        tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
+        output_dir=output_folder,
+        max_dets_per_image=cfg.TEST.EVAL.MAX_DETS_PER_IMAGE,
+        use_fast_impl=False,
+    )
+
+
+__all__ = ["ReportOptions", "build_evaluator", "write_report", "write_report_from_files"]

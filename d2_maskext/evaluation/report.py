@@ -1,0 +1,433 @@
+"""Evaluation report: one self-contained HTML file plus the predictions and ground truth in COCO format.
+
+Two entry points share one builder:
+
+* ``write_report(cfg, model_or_predictions, dataset_name, output_dir)`` for a registered dataset, either
+  running the model through the same test loader and evaluator as ``train_net.py --eval-only`` or
+  reading a COCO results file / list;
+* ``write_report_from_files(predictions_json, gt_json, output_dir)`` for any COCO pair.
+
+Files written to ``output_dir``: ``report.html``, ``metrics.json``, ``predictions.json`` (COCO results,
+RLE masks) and ``ground_truth.json`` (COCO), which FiftyOne or any COCO tool can load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from html import escape
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_json
+from detectron2.evaluation import inference_on_dataset
+from pycocotools.coco import COCO
+from tqdm import tqdm
+
+from ..visualization import draw_coco_instances, read_image_or_blank, side_by_side
+from . import plots
+from .coco_metrics import (
+    AP_METRICS,
+    TASK_TITLES,
+    TaskEvaluation,
+    evaluate_coco_results,
+    load_coco_json,
+    load_results_json,
+    result_tasks,
+)
+from .confusion import ConfusionMatrix, compute_confusion_matrix
+from .image_matches import ImageMatches, ScoreSweep, collect_image_matches, score_sweep, worst_images
+from .report_html import fmt, note, page, png_img, section, table
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+_MATCH = (0.15, 0.65, 0.25)
+_ERROR = (0.9, 0.12, 0.12)
+_IGNORED = (0.55, 0.55, 0.55)
+_PANEL_WIDTH = 360
+COCO_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Analysis settings (``cfg.TEST.REPORT`` and ``cfg.TEST.EVAL``); AP numbers do not depend on them."""
+
+    score_threshold: float = 0.5
+    iou_threshold: float = 0.5
+    num_worst_images: int = 8
+    max_dets_per_image: int = 100
+
+    def __post_init__(self) -> None:
+        if not any(np.isclose(self.iou_threshold, t) for t in COCO_IOU_THRESHOLDS):
+            raise ValueError(
+                f"IoU threshold must be one of COCOeval's {COCO_IOU_THRESHOLDS}, got {self.iou_threshold}"
+            )
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score threshold must be in [0, 1], got {self.score_threshold}")
+        if self.num_worst_images < 0 or self.max_dets_per_image < 1:
+            raise ValueError(f"need num_worst_images >= 0 and max_dets_per_image >= 1, got {self}")
+
+    @classmethod
+    def from_cfg(cls, cfg: CfgNode) -> ReportOptions:
+        return cls(
+            score_threshold=cfg.TEST.REPORT.SCORE_THRESHOLD,
+            iou_threshold=cfg.TEST.REPORT.IOU_THRESHOLD,
+            num_worst_images=cfg.TEST.REPORT.NUM_WORST_IMAGES,
+            max_dets_per_image=cfg.TEST.EVAL.MAX_DETS_PER_IMAGE,
+        )
+
+
+# ------------------------------------------------------------------------------------------ entry points
+def write_report(
+    cfg: CfgNode,
+    model_or_predictions: torch.nn.Module | str | Path | Sequence[dict],
+    dataset_name: str,
+    output_dir: str | Path,
+    options: ReportOptions | None = None,
+) -> Path:
+    """Report for registered ``dataset_name``; returns the path of ``report.html``.
+
+    ``model_or_predictions`` is a model (run with the evaluator of ``train_net.py --eval-only``, whose
+    files land in ``output_dir/inference``), a COCO results JSON path, or a list of COCO results.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    coco_gt, image_paths = dataset_ground_truth(dataset_name, output_dir)
+    if isinstance(model_or_predictions, torch.nn.Module):
+        results = run_evaluator(cfg, model_or_predictions, dataset_name, output_dir / "inference")
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    elif isinstance(model_or_predictions, (str, Path)):
+        results = load_results_json(model_or_predictions, coco_gt)
+        tasks = result_tasks(results)
+    else:
+        results = list(model_or_predictions)
+        tasks = result_tasks(results)
+    return build_report(
+        coco_gt, results, output_dir, image_paths, options or ReportOptions.from_cfg(cfg), dataset_name, tasks
+    )
+
+
+def write_report_from_files(
+    predictions_json: str | Path,
+    gt_json: str | Path,
+    output_dir: str | Path,
+    image_root: str | Path | None = None,
+    options: ReportOptions | None = None,
+) -> Path:
+    """Report for a COCO results file against a COCO ground-truth file; images are looked up under
+    ``image_root`` (default: the ground-truth file's folder) by their ``file_name``."""
+    coco_gt = load_coco_json(gt_json)
+    results = load_results_json(predictions_json, coco_gt)
+    root = Path(image_root) if image_root is not None else Path(gt_json).parent
+    image_paths = {img_id: root / img["file_name"] for img_id, img in coco_gt.imgs.items()}
+    return build_report(
+        coco_gt,
+        results,
+        Path(output_dir),
+        image_paths,
+        options or ReportOptions(),
+        f"{Path(predictions_json).name} vs {gt_json}",
+        result_tasks(results),
+    )
+
+
+def dataset_ground_truth(dataset_name: str, output_dir: Path) -> tuple[COCO, dict[int, Path]]:
+    """COCO ground truth of a registered dataset and each image's path.
+
+    Uses the dataset's ``json_file`` or converts it to COCO, as ``COCOEvaluator`` does, and records the
+    converted file in the metadata so the evaluator reads the same file.
+    """
+    dicts = DatasetCatalog.get(dataset_name)
+    metadata = MetadataCatalog.get(dataset_name)
+    if not hasattr(metadata, "json_file"):
+        json_path = output_dir / f"{dataset_name}_coco_format.json"
+        convert_to_coco_json(dataset_name, str(json_path), allow_cached=False)
+        metadata.json_file = str(json_path)
+    return load_coco_json(metadata.json_file), {d["image_id"]: Path(d["file_name"]) for d in dicts}
+
+
+def run_evaluator(cfg: CfgNode, model: torch.nn.Module, dataset_name: str, inference_dir: Path) -> list[dict]:
+    """Run ``model`` on ``dataset_name`` with the trainer's test loader and evaluator; return COCO results."""
+    from ..engine import Trainer  # the engine imports this package
+
+    loader = Trainer.build_test_loader(cfg, dataset_name)
+    evaluator = Trainer.build_evaluator(cfg, dataset_name, str(inference_dir))
+    inference_on_dataset(model, tqdm(loader, desc=f"inference on {dataset_name}", unit="img"), evaluator)
+    results_file = inference_dir / "coco_instances_results.json"
+    if not results_file.is_file():
+        raise RuntimeError(f"{results_file}: the evaluator wrote no results (is {dataset_name} empty?)")
+    return json.loads(results_file.read_text())
+
+
+# ----------------------------------------------------------------------------------------------- builder
+@dataclass(frozen=True)
+class _Analysis:
+    evaluations: dict[str, TaskEvaluation]
+    sweeps: dict[str, ScoreSweep]
+    analysis_task: str
+    matches: dict[int, ImageMatches]
+    confusion: ConfusionMatrix
+
+
+def build_report(
+    coco_gt: COCO,
+    results: Sequence[dict],
+    output_dir: Path,
+    image_paths: dict[int, Path],
+    options: ReportOptions,
+    title: str,
+    tasks: Sequence[str] = ("bbox", "segm"),
+) -> Path:
+    """Evaluate ``results`` against ``coco_gt`` and write every report file into ``output_dir``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    analysis = _analyse(coco_gt, results, options, tasks)
+    (output_dir / "predictions.json").write_text(json.dumps(list(results)))
+    (output_dir / "ground_truth.json").write_text(json.dumps(coco_gt.dataset))
+    (output_dir / "metrics.json").write_text(json.dumps(_metrics_json(analysis, options), indent=2))
+    sections = [
+        _ap_section(analysis),
+        _per_class_section(analysis, coco_gt, options),
+        _pr_section(analysis, options),
+        _confusion_section(analysis, options),
+        _sweep_section(analysis, options),
+        _worst_section(analysis, image_paths, options),
+    ]
+    subtitle = (
+        f"{len(coco_gt.imgs)} images, {len(coco_gt.anns)} ground-truth instances, {len(results)} predictions. "
+        f"AP from pycocotools COCOeval (maxDets {options.max_dets_per_image}); analysis at score >= "
+        f"{options.score_threshold:g}, IoU {options.iou_threshold:g}. Files next to this report: predictions.json, "
+        "ground_truth.json (COCO format), metrics.json."
+    )
+    report = output_dir / REPORT_FILE
+    report.write_text(page(f"Evaluation report: {title}", subtitle, sections), encoding="utf-8")
+    logger.info("wrote evaluation report %s", report)
+    return report
+
+
+def _analyse(
+    coco_gt: COCO, results: Sequence[dict], options: ReportOptions, tasks: Sequence[str]
+) -> _Analysis:
+    evaluations = {
+        task: evaluate_coco_results(coco_gt, results, task, options.max_dets_per_image) for task in tasks
+    }
+    for evaluation in evaluations.values():
+        logger.info("COCOeval %s:\n%s", evaluation.iou_type, evaluation.summary_text)
+    matches = {
+        task: collect_image_matches(e.coco_eval, options.iou_threshold) for task, e in evaluations.items()
+    }
+    analysis_task = "segm" if "segm" in evaluations else "bbox"
+    chosen = evaluations[analysis_task].coco_eval
+    confusion = compute_confusion_matrix(
+        coco_gt, chosen.cocoDt, analysis_task, options.iou_threshold, options.score_threshold
+    )
+    sweeps = {task: score_sweep(m) for task, m in matches.items()}
+    return _Analysis(evaluations, sweeps, analysis_task, matches[analysis_task], confusion)
+
+
+def _metrics_json(analysis: _Analysis, options: ReportOptions) -> dict:
+    out: dict = {"options": asdict(options), "analysis_task": analysis.analysis_task}
+    for task, evaluation in analysis.evaluations.items():
+        best_t, best_p, best_r, best_f1 = analysis.sweeps[task].best()
+        out[task] = {
+            **evaluation.summary_metrics(),
+            "per_class_AP": dict(zip(evaluation.class_names, evaluation.per_class_ap().tolist())),
+            "best_f1": {"score_threshold": best_t, "precision": best_p, "recall": best_r, "f1": best_f1},
+        }
+    out["confusion_matrix"] = {
+        "labels": analysis.confusion.labels,
+        "counts": analysis.confusion.counts.tolist(),
+    }
+    return _nan_to_none(out)
+
+
+def _nan_to_none(value):
+    """JSON has no NaN: classes without ground truth get ``null``."""
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return None if isinstance(value, float) and np.isnan(value) else value
+
+
+# ---------------------------------------------------------------------------------------------- sections
+def _ap_section(analysis: _Analysis) -> str:
+    rows = [
+        [TASK_TITLES[task], *(fmt(v) for v in e.summary_metrics().values())]
+        for task, e in analysis.evaluations.items()
+    ]
+    summaries = "".join(
+        f"<h3>{TASK_TITLES[t]}</h3><pre>{escape(e.summary_text)}</pre>"
+        for t, e in analysis.evaluations.items()
+    )
+    return section(
+        "COCO AP",
+        table(["task", *AP_METRICS], rows),
+        note(
+            "Percent. APs/APm/APl split instances by area (< 32², 32²–96², > 96² px); mask AP uses mask area."
+        ),
+        f"<details><summary>COCOeval summary</summary>{summaries}</details>",
+    )
+
+
+def _per_class_section(analysis: _Analysis, coco_gt: COCO, options: ReportOptions) -> str:
+    evaluation = analysis.evaluations[analysis.analysis_task]
+    names = evaluation.class_names
+    ap_by_task = {task: e.per_class_ap() for task, e in analysis.evaluations.items()}
+    cat_ids = evaluation.coco_eval.params.catIds
+    gt_counts = [len(coco_gt.getAnnIds(catIds=[c], iscrowd=False)) for c in cat_ids]
+    rows = [
+        [
+            name,
+            gt_counts[k],
+            *(fmt(ap[k]) for ap in ap_by_task.values()),
+            analysis.confusion.missed[k],
+            analysis.confusion.spurious[k],
+        ]
+        for k, name in enumerate(names)
+    ]
+    headers = ["class", "instances", *(f"{TASK_TITLES[t]} AP" for t in ap_by_task), "missed", "spurious"]
+    return section(
+        "Per-class AP",
+        png_img(plots.per_class_ap_chart(names, ap_by_task), "per-class AP"),
+        table(headers, rows),
+        note(
+            f"Missed / spurious: {TASK_TITLES[analysis.analysis_task]} matches at IoU {options.iou_threshold:g}, "
+            f"predictions with score >= {options.score_threshold:g} (see the confusion matrix)."
+        ),
+    )
+
+
+def _pr_section(analysis: _Analysis, options: ReportOptions) -> str:
+    figures = [
+        png_img(plots.pr_curve_chart(e, options.iou_threshold), f"PR curves {t}")
+        for t, e in analysis.evaluations.items()
+    ]
+    return section(
+        "Precision-recall curves",
+        note(
+            "COCOeval's interpolated precision at its 101 recall thresholds (area all, max detections); "
+            "the mean of each curve is the AP in its legend."
+        ),
+        *figures,
+    )
+
+
+def _confusion_section(analysis: _Analysis, options: ReportOptions) -> str:
+    task = TASK_TITLES[analysis.analysis_task]
+    title = f"{task} IoU >= {options.iou_threshold:g}, score >= {options.score_threshold:g}"
+    return section(
+        "Confusion matrix",
+        png_img(plots.confusion_matrix_chart(analysis.confusion, title), "confusion matrix"),
+        note(
+            "Predictions are matched to ground truth of any class, highest score first, each to the unmatched "
+            "instance it overlaps most. Last column: ground truth no prediction found (missed); last row: "
+            "predictions that match nothing (spurious)."
+        ),
+    )
+
+
+def _sweep_section(analysis: _Analysis, options: ReportOptions) -> str:
+    rows = []
+    for task, sweep in analysis.sweeps.items():
+        best_t, best_p, best_r, best_f1 = sweep.best()
+        p, r, f1 = sweep.at(options.score_threshold)
+        rows.append(
+            [
+                TASK_TITLES[task],
+                fmt(best_t),
+                fmt(best_p, 3),
+                fmt(best_r, 3),
+                fmt(best_f1, 3),
+                fmt(p, 3),
+                fmt(r, 3),
+                fmt(f1, 3),
+            ]
+        )
+    headers = [
+        "task",
+        "best threshold",
+        "precision",
+        "recall",
+        "F1",
+        f"precision @ {options.score_threshold:g}",
+        f"recall @ {options.score_threshold:g}",
+        f"F1 @ {options.score_threshold:g}",
+    ]
+    return section(
+        "Score-threshold sweep",
+        png_img(plots.score_sweep_chart(analysis.sweeps, options.score_threshold), "score threshold sweep"),
+        table(headers, rows),
+        note(
+            f"All classes pooled; a prediction is correct when COCOeval matched it at IoU {options.iou_threshold:g}."
+        ),
+    )
+
+
+def _worst_section(analysis: _Analysis, image_paths: dict[int, Path], options: ReportOptions) -> str:
+    coco_eval = analysis.evaluations[analysis.analysis_task].coco_eval
+    coco_gt, coco_dt = coco_eval.cocoGt, coco_eval.cocoDt
+    worst = worst_images(analysis.matches, options.score_threshold, options.num_worst_images)
+    figures, missing = [], 0
+    for m in tqdm(worst, desc="worst images", unit="img", leave=False):
+        info = coco_gt.imgs[m.image_id]
+        image, found = read_image_or_blank(image_paths.get(m.image_id), info["height"], info["width"])
+        missing += not found
+        scale = _PANEL_WIDTH / image.shape[1]
+        gts = [coco_gt.anns[i] for i in m.gt_ids]
+        gt_found = [s >= options.score_threshold for s in m.gt_match_scores]
+        gt_panel = draw_coco_instances(
+            image,
+            coco_gt,
+            gts,
+            [coco_gt.cats[a["category_id"]]["name"] for a in gts],
+            [_MATCH if f else _ERROR for f in gt_found],
+            scale,
+        )
+        shown = [
+            (i, ok) for i, s, ok in zip(m.dt_ids, m.dt_scores, m.dt_is_match) if s >= options.score_threshold
+        ]
+        ignored = [i for i in m.ignored_dt_ids if coco_dt.anns[i]["score"] >= options.score_threshold]
+        dts = [coco_dt.anns[i] for i, _ in shown] + [coco_dt.anns[i] for i in ignored]
+        colors = [_MATCH if ok else _ERROR for _, ok in shown] + [_IGNORED] * len(ignored)
+        labels = [f"{coco_gt.cats[d['category_id']]['name']} {d['score'] * 100:.0f}%" for d in dts]
+        dt_panel = draw_coco_instances(image, coco_dt, dts, labels, colors, scale)
+        tp, fp, fn = m.counts(options.score_threshold)
+        caption = (
+            f"image {m.image_id} ({info['file_name']}): F1 {m.f1(options.score_threshold):.2f}, "
+            f"{tp} correct, {fp} wrong predictions, {fn} missed; left ground truth, right predictions"
+        )
+        figures.append(
+            f"<figure><figcaption>{escape(caption)}</figcaption>{png_img(_png(side_by_side(gt_panel, dt_panel)), caption)}</figure>"
+        )
+    if missing:
+        logger.warning(
+            "%d of %d worst images could not be read; drawn on blank canvases", missing, len(worst)
+        )
+    legend = (
+        '<p class="legend"><span style="background:#26a640">matched</span><span style="background:#e61f1f">'
+        'missed / wrong</span><span style="background:#8c8c8c">ignored (crowd)</span></p>'
+    )
+    return section(
+        f"{len(worst)} worst images",
+        note(
+            f"Lowest per-image F1 ({TASK_TITLES[analysis.analysis_task]}, COCOeval matches at IoU "
+            f"{options.iou_threshold:g}, score >= {options.score_threshold:g}); images without errors are not listed."
+            + (f" {missing} image files were not found and are drawn on gray canvases." if missing else "")
+        ),
+        legend,
+        *(figures or [note("No image has errors at this threshold.")]),
+    )
+
+
+def _png(image_rgb: np.ndarray) -> bytes:
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(image_rgb[:, :, ::-1]))
+    if not ok:  # pragma: no cover - cv2 always encodes uint8 RGB
+        raise RuntimeError("could not encode a report image as PNG")
+    return png.tobytes()

@@ -1,0 +1,7 @@
+"""Drawing helpers built on Detectron2's ``Visualizer``."""
+
+from __future__ import annotations
+
+from .panels import draw_coco_instances, read_image_or_blank, side_by_side
+
+__all__ = ["draw_coco_instances", "read_image_or_blank", "side_by_side"]

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Write the evaluation report (one self-contained HTML file) and the COCO files it was computed from.
+
+From a model on a registered dataset (same evaluator as ``train_net.py --eval-only``):
+
+    python tools/eval_report.py --config-file configs/synthetic/mask_rcnn_R18_FPN_GN_demo.yaml \\
+        --output-dir output/report MODEL.WEIGHTS output/demo/model_final.pth
+
+From a COCO results file and its COCO ground truth:
+
+    python tools/eval_report.py --predictions predictions.json --gt annotations.json \\
+        --image-root path/to/images --output-dir output/report
+"""
+
+from __future__ import annotations
+
+import argparse
+from argparse import Namespace
+from dataclasses import replace
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.logger import setup_logger
+
+from d2_maskext.engine import Trainer, setup_cfg
+from d2_maskext.evaluation import ReportOptions, write_report, write_report_from_files
+
+
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", default="", metavar="FILE", help="model config (model mode)")
+    parser.add_argument(
+        "--dataset", default=None, help="registered dataset (default: first of DATASETS.TEST)"
+    )
+    parser.add_argument(
+        "--predictions", default=None, help="COCO results JSON (instead of running the model)"
+    )
+    parser.add_argument("--gt", default=None, help="COCO ground-truth JSON (with --predictions, no config)")
+    parser.add_argument(
+        "--image-root", default=None, help="folder of the ground-truth images (default: --gt's folder)"
+    )
+    parser.add_argument("--output-dir", default="output/report")
+    parser.add_argument("--score-threshold", type=float, default=None, help="TEST.REPORT.SCORE_THRESHOLD")
+    parser.add_argument("--iou-threshold", type=float, default=None, help="TEST.REPORT.IOU_THRESHOLD")
+    parser.add_argument("--num-worst", type=int, default=None, help="TEST.REPORT.NUM_WORST_IMAGES")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides, e.g. MODEL.WEIGHTS x.pth"
+    )
+    args = parser.parse_args(argv)
+    if bool(args.config_file) == bool(args.gt):
+        parser.error(
+            "give either --config-file (model or --predictions on a registered dataset) or --predictions with --gt"
+        )
+    if args.gt and not args.predictions:
+        parser.error("--gt needs --predictions")
+    return args
+
+
+def _options(base: ReportOptions, args: Namespace) -> ReportOptions:
+    flags = {
+        "score_threshold": args.score_threshold,
+        "iou_threshold": args.iou_threshold,
+        "num_worst_images": args.num_worst,
+    }
+    return replace(base, **{k: v for k, v in flags.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logger(name="d2_maskext")
+    if args.gt:
+        report = write_report_from_files(
+            args.predictions, args.gt, args.output_dir, args.image_root, _options(ReportOptions(), args)
+        )
+    else:
+        cfg = setup_cfg(
+            Namespace(
+                config_file=args.config_file, opts=[*args.opts, "OUTPUT_DIR", args.output_dir], eval_only=True
+            )
+        )
+        dataset = args.dataset or cfg.DATASETS.TEST[0]
+        if args.predictions:
+            source = args.predictions
+        else:
+            source = Trainer.build_model(cfg)
+            DetectionCheckpointer(source).load(cfg.MODEL.WEIGHTS)
+        report = write_report(
+            cfg, source, dataset, args.output_dir, _options(ReportOptions.from_cfg(cfg), args)
+        )
+    print(f"report: {report}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,23 +1,85 @@
-"""``DefaultTrainer`` that builds the dataset mapper and evaluator chosen by config."""
+"""``DefaultTrainer`` that builds the dataset mapper and evaluator chosen by config, trains on CPU with
+several processes, and checkpoints safely."""
 
 from __future__ import annotations
 
+import logging
 import os
+import weakref
 from argparse import Namespace
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    HookBase,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_setup,
+)
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch import nn
 
 from ..config import add_maskext_config
 from ..data import prepare_datasets
 from ..data.mappers import build_mapper
 from ..evaluation import build_evaluator
+from .checkpoint import SafeCheckpointer
+from .hooks import OptimizerStepCounter
+
+
+def _ddp_device_ids(model: nn.Module) -> list[int] | None:
+    """torch's DDP wants ``device_ids`` for a CUDA model and refuses them for a CPU one."""
+    return [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's trainer with plugin mappers and evaluators; everything else is stock."""
+    """Detectron2's trainer with plugin mappers, evaluators and checkpointer.
+
+    Differences from ``DefaultTrainer``: multi-process training works on CPU (gloo), checkpoints are
+    written atomically and loaded weights-only (:class:`SafeCheckpointer`), optimizer steps are counted
+    across resumes (:class:`OptimizerStepCounter`), and a NaN/inf loss error says how to recover.
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        """``DefaultTrainer.__init__`` with the two changes it offers no hook for.
+
+        Detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]``, which torch rejects for
+        CPU models, so stock ``--num-gpus 2`` fails on CPU; and its checkpointer is built inline.
+        """
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # setup_logger not called for d2
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=_ddp_device_ids(model))
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SafeCheckpointer.from_config(cfg, model, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self) -> list[HookBase | None]:
+        return [OptimizerStepCounter(), *super().build_hooks()]
+
+    def run_step(self) -> None:
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else "none yet"
+            raise FloatingPointError(
+                f"{e}\nTraining stopped before this iteration's optimizer step. Last checkpoint: {last}. "
+                "Lower SOLVER.BASE_LR, raise SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS, "
+                "then restart with --resume."
+            ) from e
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):

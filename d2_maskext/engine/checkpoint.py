@@ -1,0 +1,221 @@
+"""Checkpoints that survive a kill in the middle of a save and refuse to run code hidden in a file.
+
+Stock Detectron2 writes ``model_XXXXXXX.pth`` and ``last_checkpoint`` in place: a kill at the wrong moment
+leaves a truncated checkpoint or an empty ``last_checkpoint``, and a machine crash can lose data that was
+never fsynced. It also unpickles ``.pkl`` model-zoo files with plain ``pickle``, which runs any code the
+file names. :class:`SafeCheckpointer` fixes both and is otherwise Detectron2's ``DetectionCheckpointer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import IO, Any
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ALLOW_UNSAFE_PICKLE_KEY = "CHECKPOINT.ALLOW_UNSAFE_PICKLE"
+
+# Temp files are named after the target, the host and the writing process, so that a later run can tell a
+# leftover of a killed save (process gone) from a save in progress (process alive).
+_HOST = socket.gethostname().replace(".", "_")
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.tmp$")
+
+# Everything a Detectron2 / Detectron1 / Caffe2 model-zoo ``.pkl`` needs: numpy arrays and scalars (numpy 1.x
+# and 2.x module names), ordered dicts, and ``_codecs.encode``, which protocol-2 pickles use for bytes.
+_NUMPY_PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class UntrustedCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds Python objects that weights-only loading refuses to rebuild."""
+
+
+def _temp_path(path: str) -> str:
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.{_HOST}.{os.getpid()}.tmp")
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename durable; some file systems cannot fsync a directory, which only weakens crash safety."""
+    with suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def atomic_open(path: str, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open ``path`` for writing so that readers only ever see its old or its complete new content.
+
+    Writes go to a temp file in the same directory (same file system, so the rename is atomic), which is
+    fsynced and then renamed over ``path``. If the block raises, the temp file is removed; if the process
+    is killed, the temp file stays behind and :func:`remove_stale_temp_files` deletes it later.
+    """
+    if "w" not in mode:
+        raise ValueError(f"atomic_open is for writing, got mode {mode!r}")
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory: str) -> list[str]:
+    """Delete temp files of saves on this host whose process is gone; return their names."""
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        match = _TEMP_NAME.match(name)
+        if match and match["host"] == _HOST and not _process_alive(int(match["pid"])):
+            with suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
+                removed.append(name)
+    return removed
+
+
+class _AtomicWritePathManager:
+    """Detectron2's PathManager, except that writing a local file goes through :func:`atomic_open`.
+
+    fvcore's ``Checkpointer.save`` writes the checkpoint and then ``tag_last_checkpoint`` writes
+    ``last_checkpoint``, both through ``self.path_manager.open``; wrapping that one method makes both writes
+    atomic, in that order, without re-implementing either.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def open(self, path: str, mode: str = "r", **kwargs: Any) -> Any:
+        if "w" in mode and "://" not in path:
+            return atomic_open(path, mode)
+        return self._inner.open(path, mode, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _NUMPY_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise UntrustedCheckpointError(f"it references the Python global '{module}.{name}'")
+
+
+def _refusal(filename: str, reason: str) -> UntrustedCheckpointError:
+    return UntrustedCheckpointError(
+        f"Refusing to load checkpoint {filename}: {reason}, and unpickling it could run arbitrary code. "
+        f"Weights-only loading accepts tensors, numpy arrays, numbers, strings and containers. If you trust "
+        f"the file's source, set {ALLOW_UNSAFE_PICKLE_KEY} True (e.g. append "
+        f"'{ALLOW_UNSAFE_PICKLE_KEY} True' to the train_net.py command line)."
+    )
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` with atomic saves and weights-only loads.
+
+    Saves: the checkpoint, then ``last_checkpoint``, are each written with :func:`atomic_open`, so a kill
+    at any moment leaves the previous or the new complete file and ``--resume`` never picks a truncated
+    one. Resuming deletes temp files left by killed saves.
+
+    Loads: ``.pth`` files go through ``torch.load(weights_only=True)``; ``.pkl`` model-zoo files (pickled
+    dicts of numpy arrays) must pass an unpickler that only rebuilds numpy arrays and containers before
+    Detectron2 converts them as usual. Anything else raises :class:`UntrustedCheckpointError` naming the
+    file, unless ``allow_unsafe_pickle`` (config ``CHECKPOINT.ALLOW_UNSAFE_PICKLE``) declares it trusted.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        allow_unsafe_pickle: bool = False,
+        save_to_disk: bool | None = None,
+        **checkpointables: Any,
+    ) -> None:
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.path_manager = _AtomicWritePathManager(self.path_manager)
+        self.allow_unsafe_pickle = allow_unsafe_pickle
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, model: nn.Module, **checkpointables: Any) -> SafeCheckpointer:
+        """Checkpointer saving to ``cfg.OUTPUT_DIR`` with the config's pickle policy."""
+        return cls(
+            model, cfg.OUTPUT_DIR, allow_unsafe_pickle=cfg.CHECKPOINT.ALLOW_UNSAFE_PICKLE, **checkpointables
+        )
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        if resume and self.save_to_disk and self.save_dir and os.path.isdir(self.save_dir):
+            removed = remove_stale_temp_files(self.save_dir)
+            if removed:
+                self.logger.warning(
+                    "Removed %d temp file(s) left by interrupted checkpoint saves: %s", len(removed), removed
+                )
+        return super().resume_or_load(path, resume=resume)
+
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        try:
+            if filename.endswith(".pkl") and not self.allow_unsafe_pickle:
+                self._check_numpy_only_pickle(filename)
+            return super()._load_file(filename)
+        except UntrustedCheckpointError:
+            raise
+        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+            raise RuntimeError(f"Cannot read checkpoint {filename}: {type(e).__name__}: {e}") from e
+
+    def _check_numpy_only_pickle(self, filename: str) -> None:
+        """Unpickle with the restricted unpickler; Detectron2 then loads the (now known harmless) file."""
+        with self.path_manager.open(filename, "rb") as f:
+            try:
+                _NumpyOnlyUnpickler(f, encoding="latin1").load()
+            except UntrustedCheckpointError as e:
+                raise _refusal(filename, str(e)) from None
+
+    def _torch_load(self, f: str) -> Any:
+        try:
+            return torch.load(f, map_location="cpu", weights_only=not self.allow_unsafe_pickle)
+        except pickle.UnpicklingError as e:
+            if self.allow_unsafe_pickle or "weights only" not in str(e).lower():
+                raise
+            unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            what = f"the Python global '{unsupported[1]}'" if unsupported else "a Python object"
+            raise _refusal(f, f"it references {what} that torch.load(weights_only=True) rejects") from None

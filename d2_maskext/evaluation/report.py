@@ -217,8 +217,9 @@ def _analyse(
     evaluations = {
         task: evaluate_coco_results(coco_gt, results, task, options.max_dets_per_image) for task in tasks
     }
-    for evaluation in evaluations.values():
-        logger.info("COCOeval %s:\n%s", evaluation.iou_type, evaluation.summary_text)
+    for task, evaluation in evaluations.items():
+        metrics = ", ".join(f"{k} {fmt(v)}" for k, v in evaluation.summary_metrics().items())
+        logger.info("%s: %s", TASK_TITLES[task], metrics)
     matches = {
         task: collect_image_matches(e.coco_eval, options.iou_threshold) for task, e in evaluations.items()
     }

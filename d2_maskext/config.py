@@ -69,13 +69,38 @@ def _add_head_config(cfg: CN) -> None:
 
 
 def _add_data_config(cfg: CN) -> None:
-    """Built-in synthetic dataset, declared datasets, mapper choice and augmentation options."""
-    cfg.DATASETS.SYNTHETIC = CN()
-    # Where generated images and annotations are cached ("" = $D2MX_DATA or ./datasets/maskext_synth).
-    cfg.DATASETS.SYNTHETIC.ROOT = ""
+    """Declared datasets, mapper choice, fault handling and augmentation options."""
+    # Datasets registered at start-up in every process, without code: a list of mappings with keys name,
+    # format (coco, labelme, binary_masks, instance_id_png, yolo), image_root, annotations, and optionally
+    # thing_classes (list or names file) and class_map (instance_id_png). See the README's data section.
+    cfg.DATASETS.REGISTER = []
+    # Paths inside annotation files (COCO file_name, LabelMe imagePath) must stay inside image_root.
+    cfg.DATASETS.ALLOW_PATHS_OUTSIDE_ROOT = False
     cfg.INPUT.MAPPER = CN()
-    # Name in d2_maskext's MAPPER_REGISTRY; "DatasetMapper" is Detectron2's own.
-    cfg.INPUT.MAPPER.NAME = "DatasetMapper"
+    # Name in d2_maskext's MAPPER_REGISTRY: "MaskExtDatasetMapper" (Detectron2's DatasetMapper, same outputs,
+    # faster, fault tolerant), "LSJDatasetMapper", "CopyPasteDatasetMapper", or "DatasetMapper" (Detectron2's).
+    cfg.INPUT.MAPPER.NAME = "MaskExtDatasetMapper"
+    # A training image that cannot be read: "skip" (logged, counted, another image is sampled) or "raise".
+    cfg.INPUT.MAPPER.ON_BAD_IMAGE = "skip"
+    # Stop when this many training images in a row could not be read (0: never).
+    cfg.INPUT.MAPPER.MAX_CONSECUTIVE_BAD_IMAGES = 20
+    # Large-scale jitter: resize to a random scale of IMAGE_SIZE x IMAGE_SIZE, then crop/pad to that size.
+    cfg.INPUT.LSJ = CN()
+    cfg.INPUT.LSJ.IMAGE_SIZE = 1024
+    cfg.INPUT.LSJ.MIN_SCALE = 0.1
+    cfg.INPUT.LSJ.MAX_SCALE = 2.0
+    cfg.INPUT.LSJ.PAD_VALUE = 128.0
+    # Simple Copy-Paste: probability that a training image receives instances of another one.
+    cfg.INPUT.COPY_PASTE = CN()
+    cfg.INPUT.COPY_PASTE.PROB = 1.0
+    # Colour jitter for any plugin mapper (training only); 0 disables one effect.
+    cfg.INPUT.PHOTOMETRIC = CN()
+    cfg.INPUT.PHOTOMETRIC.ENABLED = False
+    cfg.INPUT.PHOTOMETRIC.BRIGHTNESS = 0.3  # factor in [1 - x, 1 + x]
+    cfg.INPUT.PHOTOMETRIC.CONTRAST = 0.3  # factor in [1 - x, 1 + x] around the mean grey
+    cfg.INPUT.PHOTOMETRIC.SATURATION = 0.3  # factor in [1 - x, 1 + x]
+    cfg.INPUT.PHOTOMETRIC.HUE = 0.03  # rotation of up to x turns of the hue circle
+    cfg.INPUT.PHOTOMETRIC.LIGHTING = 0.1  # std of AlexNet PCA lighting
 
 
 def _add_eval_config(cfg: CN) -> None:

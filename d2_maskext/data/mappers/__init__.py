@@ -1,21 +1,27 @@
-"""Dataset mappers chosen by ``INPUT.MAPPER.NAME``."""
+"""Dataset mappers chosen by ``INPUT.MAPPER.NAME``; importing registers them in ``MAPPER_REGISTRY``.
+
+* ``MaskExtDatasetMapper`` (default): Detectron2's ``DatasetMapper``, same outputs, faster, fault tolerant;
+* ``LSJDatasetMapper``: large-scale jitter (resize 0.1-2.0, fixed-size crop, flip; boxes from masks);
+* ``CopyPasteDatasetMapper``: LSJ plus Simple Copy-Paste from another sampled training image;
+* ``DatasetMapper``: Detectron2's own, unchanged.
+
+``INPUT.PHOTOMETRIC`` adds colour jitter to any of the plugin mappers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from .copy_paste import CopyPasteDatasetMapper, paste_instances
+from .default import MaskExtDatasetMapper
+from .lsj import LSJDatasetMapper
+from .photometric import ColorJitter
+from .registry import MAPPER_REGISTRY, build_mapper
 
-from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper
-from detectron2.utils.registry import Registry
-
-MAPPER_REGISTRY = Registry("MAPPER")
-MAPPER_REGISTRY.__doc__ = """
-Dataset mappers: callables built by ``MAPPER_REGISTRY.get(name)(cfg, is_train)`` that turn a dataset dict
-into the model's input dict. ``INPUT.MAPPER.NAME`` selects one.
-"""
-MAPPER_REGISTRY.register(DatasetMapper)
-
-
-def build_mapper(cfg: CfgNode, is_train: bool) -> Callable[[dict], dict | None]:
-    """Build the mapper named by ``cfg.INPUT.MAPPER.NAME``."""
-    return MAPPER_REGISTRY.get(cfg.INPUT.MAPPER.NAME)(cfg, is_train)
+__all__ = [
+    "MAPPER_REGISTRY",
+    "ColorJitter",
+    "CopyPasteDatasetMapper",
+    "LSJDatasetMapper",
+    "MaskExtDatasetMapper",
+    "build_mapper",
+    "paste_instances",
+]

@@ -1,0 +1,26 @@
+"""Dataset formats: COCO JSON, LabelMe folders, instance-mask PNG folders and YOLO segmentation labels.
+
+Each format is a loader registered with ``@dataset_format(name)``; ``register_dataset`` selects one by
+name. Importing this package registers the built-in formats.
+"""
+
+from __future__ import annotations
+
+from . import coco, labelme, mask_png, yolo  # noqa: F401  (registration happens on import)
+from .base import DatasetSource, LoadedDataset, dataset_format, format_names, load_dataset
+from .image_files import ImageReadError, read_image
+from .problems import PROBLEM_KINDS, DatasetError, ProblemLog, Severity
+
+__all__ = [
+    "PROBLEM_KINDS",
+    "DatasetError",
+    "DatasetSource",
+    "ImageReadError",
+    "LoadedDataset",
+    "ProblemLog",
+    "Severity",
+    "dataset_format",
+    "format_names",
+    "load_dataset",
+    "read_image",
+]

@@ -1,0 +1,115 @@
+"""Instance masks stored as PNG files, common in medical and satellite work. Two layouts:
+
+* ``binary_masks``: one binary PNG per instance, ``<annotations>/<image path without extension>/<class>/<any>.png``
+  (any non-zero pixel is foreground);
+* ``instance_id_png``: one PNG per image, ``<annotations>/<image path without extension>.png``, whose pixels
+  are instance ids (0 = background; 8- or 16-bit, or palette indices), plus ``class_map``: a JSON file
+  ``{"<image path without extension>": {"<instance id>": "<class>"}}``.
+
+Classes are ``thing_classes`` if given, else the sorted set of class names found. Masks become exact
+compressed RLE, so these datasets need ``INPUT.MASK_FORMAT "bitmask"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .base import (
+    DatasetSource,
+    LoadedDataset,
+    NamedCategories,
+    checked_image_size,
+    dataset_format,
+    images_with_annotations,
+    mask_annotation,
+    read_class_names,
+    read_json,
+)
+from .image_files import ImageReadError, read_label_png
+from .problems import DatasetError, ProblemLog
+
+
+@dataset_format("binary_masks")
+def load_binary_masks(source: DatasetSource, problems: ProblemLog) -> LoadedDataset:
+    folder = source.annotations
+    files = []
+    for path in sorted(folder.rglob("*.png")):
+        if len(path.relative_to(folder).parts) < 3:
+            problems.add("malformed", path, "", "a mask must be at <image path without extension>/<class>/<name>.png")
+        else:
+            files.append(path)
+
+    def read(image: Path, masks: list[Path], size: tuple[int, int], categories, annotations, problems) -> None:
+        for path in masks:
+            mask = _read_mask(path, size, problems)
+            annotation = mask is not None and mask_annotation(mask > 0, -1, problems, path, "")
+            if annotation:
+                categories.add(annotations, annotation, path.parent.name, path, f"class folder {path.parent.name!r}")
+
+    return _load_images(source, problems, files, lambda p: p.parent.parent.relative_to(folder), read)
+
+
+@dataset_format("instance_id_png")
+def load_instance_id_png(source: DatasetSource, problems: ProblemLog) -> LoadedDataset:
+    if source.class_map is None:
+        raise DatasetError(f"dataset '{source.name}': instance_id_png needs class_map (JSON: image -> id -> class)")
+    class_map = read_json(source.class_map, problems)
+    if not isinstance(class_map, dict) or not all(isinstance(v, dict) for v in class_map.values()):
+        if class_map is not None:
+            problems.add("malformed", source.class_map, "", 'expected {"<image>": {"<instance id>": "<class>"}}')
+        return LoadedDataset([], [])
+    folder = source.annotations
+
+    def read(image: Path, pngs: list[Path], size: tuple[int, int], categories, annotations, problems) -> None:
+        for path in pngs:
+            ids = _read_mask(path, size, problems)
+            if ids is None:
+                continue
+            key = path.relative_to(folder).with_suffix("").as_posix()
+            for instance_id in np.unique(ids[ids > 0]).tolist():
+                where = f"instance id {instance_id}"
+                label = class_map.get(key, {}).get(str(instance_id))
+                if not isinstance(label, str):
+                    problems.add("unknown_category", source.class_map, f"[{key!r}][{str(instance_id)!r}]",
+                                 f"no class for instance id {instance_id} of {path}")
+                    continue
+                annotation = mask_annotation(ids == instance_id, -1, problems, path, where)
+                if annotation:
+                    categories.add(annotations, annotation, label, path, where)
+
+    files = sorted(folder.rglob("*.png"))
+    return _load_images(source, problems, files, lambda p: p.relative_to(folder).with_suffix(""), read)
+
+
+def _load_images(source: DatasetSource, problems: ProblemLog, files: list[Path], image_key, read) -> LoadedDataset:
+    """Shared walk: pair images with mask files, read each image's size, let ``read`` add its instances."""
+    if not source.annotations.is_dir():
+        problems.add("malformed", source.annotations, "", f"{source.format} annotations must be a folder")
+        return LoadedDataset([], [])
+    given = read_class_names(source.thing_classes) if source.thing_classes is not None else None
+    categories = NamedCategories(given)
+    records = []
+    pairs = images_with_annotations(source, problems, files, image_key)
+    for image, masks in tqdm(pairs, desc=f"loading {source.name}", unit="img", leave=False):
+        size = checked_image_size(image, problems)
+        if size is None:
+            continue
+        annotations: list[dict] = []
+        read(image, masks, size, categories, annotations, problems)
+        records.append({"file_name": str(image), "height": size[0], "width": size[1], "annotations": annotations})
+    return LoadedDataset(records, categories.resolve(problems))
+
+
+def _read_mask(path: Path, size: tuple[int, int], problems: ProblemLog) -> np.ndarray | None:
+    try:
+        mask = read_label_png(path)
+    except ImageReadError as e:
+        problems.add("unreadable_image", path, "", e.reason)
+        return None
+    if mask.shape != size:
+        problems.add("size_mismatch", path, "", f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {size[1]}x{size[0]}")
+        return None
+    return mask

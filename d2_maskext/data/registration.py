@@ -1,0 +1,133 @@
+"""Registering a dataset by one Python call, or by declaring it in the config (``DATASETS.REGISTER``).
+
+Declared datasets are registered by ``prepare_datasets`` inside ``setup_cfg``, which runs in every
+process that ``launch`` starts, so they exist in all workers without code. A dataset registered from
+Python must be registered at module level (or inside the function given to ``launch``) for the same reason.
+
+Loading is lazy and happens once per process: the first ``DatasetCatalog.get`` loads and checks the files,
+logs every dropped or questionable entry, stops with ``DatasetError`` on fatal problems, and sets the
+metadata (``thing_classes``, and for COCO ``json_file`` and ``thing_dataset_id_to_contiguous_id``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .formats import DatasetSource, ProblemLog, format_names, load_dataset
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_KEYS = ("name", "format", "image_root", "annotations")
+OPTIONAL_KEYS = ("thing_classes", "class_map")
+_SOURCES: dict[str, DatasetSource] = {}
+
+
+class _LoadOnce:
+    """The ``DatasetCatalog`` entry of a registered dataset: loads and checks the files on first use."""
+
+    def __init__(self, source: DatasetSource) -> None:
+        self.source = source
+        self._records: list[dict] | None = None
+
+    def __call__(self) -> list[dict]:
+        if self._records is None:
+            problems = ProblemLog(self.source.name)
+            loaded = load_dataset(self.source, problems)
+            problems.log_summary()
+            problems.raise_if_fatal()
+            MetadataCatalog.get(self.source.name).set(thing_classes=loaded.thing_classes, **loaded.metadata)
+            self._records = loaded.records
+            logger.info(
+                "dataset '%s': %d images, %d instances, %d classes from %s (%s)",
+                self.source.name,
+                len(loaded.records),
+                sum(len(r["annotations"]) for r in loaded.records),
+                len(loaded.thing_classes),
+                self.source.annotations,
+                self.source.format,
+            )
+        # Fresh top-level dicts: callers such as proposal loading add keys to the records they get.
+        return [dict(record) for record in self._records]
+
+
+def register_dataset(
+    name: str,
+    format: str,
+    image_root: str | os.PathLike,
+    annotations: str | os.PathLike,
+    *,
+    thing_classes: Sequence[str] | str | os.PathLike | None = None,
+    class_map: str | os.PathLike | None = None,
+    allow_outside_root: bool = False,
+) -> DatasetSource:
+    """Register ``name`` in Detectron2's catalogs.
+
+    ``format`` is one of ``coco``, ``labelme``, ``binary_masks``, ``instance_id_png``, ``yolo`` (or one added
+    with ``@dataset_format``). ``annotations`` is the COCO JSON file, or the folder of LabelMe JSONs, masks
+    or YOLO labels. ``thing_classes`` is a list of class names or a names file (required for YOLO, optional
+    for LabelMe and mask folders, where classes are otherwise discovered). Registering the same declaration
+    again is a no-op; a different one under a taken name is an error.
+    """
+    if format not in format_names():
+        raise ValueError(f"dataset '{name}': unknown format {format!r}; known formats: {format_names()}")
+    if isinstance(thing_classes, (str, os.PathLike)):
+        classes: tuple[str, ...] | Path | None = Path(thing_classes)
+    elif thing_classes is not None:
+        classes = tuple(str(c) for c in thing_classes)
+    else:
+        classes = None
+    source = DatasetSource(
+        name=name,
+        format=format,
+        image_root=Path(image_root),
+        annotations=Path(annotations),
+        thing_classes=classes,
+        class_map=Path(class_map) if class_map is not None else None,
+        allow_outside_root=allow_outside_root,
+    )
+    if name in _SOURCES:
+        if _SOURCES[name] == source:
+            return source
+        raise ValueError(f"dataset '{name}' is already registered as {_SOURCES[name]}; cannot re-register it as {source}")
+    if name in DatasetCatalog.list():
+        raise ValueError(f"dataset '{name}' is already registered by other code; choose another name")
+    DatasetCatalog.register(name, _LoadOnce(source))
+    MetadataCatalog.get(name).set(image_root=os.fspath(source.image_root), evaluator_type="coco", dataset_format=format)
+    _SOURCES[name] = source
+    return source
+
+
+def registered_source(name: str) -> DatasetSource | None:
+    """The declaration of a dataset registered by ``register_dataset``, or None for other datasets."""
+    return _SOURCES.get(name)
+
+
+def register_declared_datasets(cfg: CfgNode) -> list[str]:
+    """Register every entry of ``cfg.DATASETS.REGISTER``; return their names.
+
+    Each entry is a mapping with keys ``name``, ``format``, ``image_root``, ``annotations`` and optionally
+    ``thing_classes`` and ``class_map`` (keys are case-insensitive); relative paths are relative to the
+    working directory, as for Detectron2's built-in datasets.
+    """
+    names = []
+    for index, entry in enumerate(cfg.DATASETS.REGISTER):
+        where = f"DATASETS.REGISTER[{index}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be a mapping with keys {REQUIRED_KEYS} (+ optional {OPTIONAL_KEYS}), got {entry!r}")
+        entry = {str(k).lower(): v for k, v in entry.items()}
+        missing = [k for k in REQUIRED_KEYS if k not in entry]
+        unknown = sorted(set(entry) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+        if missing or unknown:
+            raise ValueError(
+                f"{where}: missing keys {missing}, unknown keys {unknown}; "
+                f"expected {REQUIRED_KEYS} and optionally {OPTIONAL_KEYS}"
+            )
+        register_dataset(**entry, allow_outside_root=cfg.DATASETS.ALLOW_PATHS_OUTSIDE_ROOT)
+        names.append(entry["name"])
+    return names

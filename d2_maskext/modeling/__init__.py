@@ -1,5 +1,6 @@
 """Model components; importing this package registers them in Detectron2's registries."""
 
+from . import heads
 from .roi_heads import MaskExtROIHeads
 
-__all__ = ["MaskExtROIHeads"]
+__all__ = ["MaskExtROIHeads", "heads"]

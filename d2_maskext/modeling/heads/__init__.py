@@ -1,0 +1,23 @@
+"""Mask, box and ROI head variants; importing registers them in Detectron2's registries."""
+
+from .base import MaskExtConvUpsampleHead, MaskExtHead
+from .boundary_mask_head import BoundaryMaskHead
+from .double_head import DoubleConvFCHead, DoubleHeadOutputLayers, DoubleHeadROIHeads
+from .hires_mask_head import HighResMaskHead
+from .light_mask_head import LightMaskHead
+from .mask_losses import MaskLoss
+from .mask_scoring import MaskIoUHead, MaskScoringROIHeads
+
+__all__ = [
+    "BoundaryMaskHead",
+    "DoubleConvFCHead",
+    "DoubleHeadOutputLayers",
+    "DoubleHeadROIHeads",
+    "HighResMaskHead",
+    "LightMaskHead",
+    "MaskExtConvUpsampleHead",
+    "MaskExtHead",
+    "MaskIoUHead",
+    "MaskLoss",
+    "MaskScoringROIHeads",
+]

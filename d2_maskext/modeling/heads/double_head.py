@@ -1,0 +1,102 @@
+"""Double-Head R-CNN (Wu et al., CVPR 2020): fc branch for classification, conv branch for box regression.
+
+The paper finds fc layers more spatially sensitive (better at telling object from background) and conv
+layers better at localisation, so each task gets its own branch on the same region features.
+``DoubleConvFCHead`` returns both branch features; ``DoubleHeadROIHeads`` pairs it with
+``DoubleHeadOutputLayers``, which classifies from the fc branch and regresses from the conv branch.
+"""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode, configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import ROI_HEADS_REGISTRY
+from detectron2.modeling.backbone.resnet import BottleneckBlock
+from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..roi_heads import MaskExtROIHeads
+
+
+@ROI_BOX_HEAD_REGISTRY.register()
+class DoubleConvFCHead(FastRCNNConvFCHead):
+    """Stock fc head (same parameter names, so stock checkpoints load) + a residual conv branch.
+
+    Returns ``(fc_features, conv_features)``; needs ``DoubleHeadROIHeads``, whose predictor reads both.
+    """
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, reg_conv_dim: int, reg_num_blocks: int, conv_norm: str = "", **kwargs):
+        super().__init__(input_shape, conv_norm=conv_norm, **kwargs)
+        if reg_num_blocks < 1:
+            raise ValueError(f"MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.NUM_BLOCKS must be >= 1, got {reg_num_blocks}")
+        self.fc_branch = list(self)  # the stock layers, in order; the conv branch below is not part of it
+        blocks, channels = [], input_shape.channels
+        for _ in range(reg_num_blocks):
+            blocks.append(BottleneckBlock(channels, reg_conv_dim, bottleneck_channels=reg_conv_dim // 4, norm=conv_norm))
+            channels = reg_conv_dim
+        self.reg_blocks = nn.Sequential(*blocks)
+        self._reg_channels = reg_conv_dim
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> dict:
+        ret = super().from_config(cfg, input_shape)
+        ret["reg_conv_dim"] = cfg.MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.CONV_DIM
+        ret["reg_num_blocks"] = cfg.MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.NUM_BLOCKS
+        return ret
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        cls_features = x
+        for layer in self.fc_branch:
+            cls_features = layer(cls_features)
+        reg_features = F.adaptive_avg_pool2d(self.reg_blocks(x), 1).flatten(1)
+        return cls_features, reg_features
+
+    @property
+    def reg_output_shape(self) -> ShapeSpec:
+        """Shape of the conv (regression) branch output; ``output_shape`` is the fc branch's."""
+        return ShapeSpec(channels=self._reg_channels)
+
+
+class DoubleHeadOutputLayers(FastRCNNOutputLayers):
+    """Fast R-CNN outputs with class scores from the fc branch and box deltas from the conv branch.
+
+    The regression layer is ``conv_bbox_pred`` (a new parameter: stock ``bbox_pred`` reads fc features).
+    """
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, reg_input_shape: ShapeSpec, **kwargs):
+        super().__init__(input_shape, **kwargs)
+        out_features = self.bbox_pred.out_features
+        del self.bbox_pred
+        self.conv_bbox_pred = nn.Linear(reg_input_shape.channels, out_features)
+        nn.init.normal_(self.conv_bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.conv_bbox_pred.bias)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec, reg_input_shape: ShapeSpec) -> dict:
+        ret = super().from_config(cfg, input_shape)
+        ret["reg_input_shape"] = reg_input_shape
+        return ret
+
+    def forward(self, x: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        cls_features, reg_features = x
+        return self.cls_score(cls_features.flatten(1)), self.conv_bbox_pred(reg_features)
+
+
+@ROI_HEADS_REGISTRY.register()
+class DoubleHeadROIHeads(MaskExtROIHeads):
+    """``MaskExtROIHeads`` with a ``DoubleConvFCHead`` box head and its two-branch predictor."""
+
+    @classmethod
+    def _init_box_head(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
+        ret = super()._init_box_head(cfg, input_shape)
+        box_head = ret["box_head"]
+        if not isinstance(box_head, DoubleConvFCHead):
+            raise ValueError(
+                f"DoubleHeadROIHeads needs MODEL.ROI_BOX_HEAD.NAME 'DoubleConvFCHead', got {cfg.MODEL.ROI_BOX_HEAD.NAME!r}"
+            )
+        ret["box_predictor"] = DoubleHeadOutputLayers(cfg, box_head.output_shape, box_head.reg_output_shape)
+        return ret

@@ -1,0 +1,287 @@
+"""Head variants: targets on hand-built masks, training on a fixed batch, inference, checkpoints, tracing."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.export import TracingAdapter
+from detectron2.modeling import build_model
+from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from d2_maskext.config import add_maskext_config
+from d2_maskext.data.mappers import build_mapper
+from d2_maskext.modeling.heads import (
+    BoundaryMaskHead,
+    HighResMaskHead,
+    LightMaskHead,
+    MaskExtConvUpsampleHead,
+    MaskLoss,
+)
+from d2_maskext.modeling.heads.mask_losses import dice_loss, mask_boundary, select_mask_targets
+from d2_maskext.modeling.heads.mask_scoring import mask_iou_targets
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BASE = CONFIGS / "synthetic" / "Base-Synthetic-R18-GN.yaml"
+VARIANTS = sorted(p.stem for p in (CONFIGS / "synthetic" / "variants").glob("*.yaml"))
+HAS_FUSED_POOLER = importlib.util.find_spec("d2_maskext.layers.fused_pooler") is not None
+POOLERS = ["stock", pytest.param("fused", marks=pytest.mark.skipif(not HAS_FUSED_POOLER, reason="no fused pooler yet"))]
+# A small but complete model: every head keeps its structure, only widths shrink.
+TINY = [
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "128", "INPUT.RANDOM_FLIP", "none",
+    "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "32",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "TEST.DETECTIONS_PER_IMAGE", "10",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32", "MODEL.ROI_MASK_HEAD.NUM_CONV", "2",
+    "MODEL.ROI_MASKIOU_HEAD.CONV_DIM", "32", "MODEL.ROI_MASKIOU_HEAD.NUM_CONV", "2", "MODEL.ROI_MASKIOU_HEAD.FC_DIM", "64",
+    "MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.CONV_DIM", "128", "MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.NUM_BLOCKS", "1",
+]  # fmt: skip
+# Loss terms each variant adds to Detectron2's (loss_cls, loss_box_reg, loss_mask, RPN losses).
+EXTRA_LOSSES = {
+    "mask_scoring": {"loss_maskiou"},
+    "boundary_mask_head": {"loss_boundary_bce", "loss_boundary_dice"},
+    "mask_loss_dice_boundary": {"loss_mask_dice"},
+}
+# Parameters a variant adds to a stock Mask R-CNN (the only keys a stock checkpoint may miss).
+NEW_PARAMETER_PREFIXES = {
+    "mask_scoring": ("roi_heads.maskiou_head.",),
+    "boundary_mask_head": tuple(
+        f"roi_heads.mask_head.{n}"
+        for n in ("boundary_fcn", "mask_to_boundary.", "boundary_to_mask.", "boundary_deconv.", "boundary_predictor.")
+    ),
+    "hires_mask_head": tuple(f"roi_heads.mask_head.{n}" for n in ("fine_lateral.", "refine_fcn", "refine_deconv.")),
+    "light_mask_head": ("roi_heads.mask_head.",),
+    "double_head": ("roi_heads.box_head.reg_blocks.", "roi_heads.box_predictor.conv_bbox_pred."),
+    "mask_loss_dice_boundary": (),
+}
+
+
+def tiny_cfg(config: Path | str, *opts: str) -> CfgNode:
+    path = CONFIGS / "synthetic" / "variants" / f"{config}.yaml" if isinstance(config, str) else config
+    cfg = add_maskext_config(get_cfg())
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(TINY + list(opts))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def fixed_batch() -> list[dict]:
+    cfg = tiny_cfg(BASE)
+    mapper = build_mapper(cfg, is_train=True)
+    return [mapper(dict(r)) for r in DatasetCatalog.get("maskext_synth_tiny_train")[:2]]
+
+
+def _instances(masks: torch.Tensor, boxes: list[list[float]], classes: list[int]) -> Instances:
+    inst = Instances(tuple(masks.shape[1:]))
+    inst.gt_masks = BitMasks(masks.bool())
+    inst.proposal_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+    inst.gt_classes = torch.tensor(classes)
+    return inst
+
+
+# ------------------------------------------------------------------------------------------ targets
+def test_mask_iou_targets_equal_hand_computed_ious():
+    gt = torch.zeros(4, 4, 4)
+    gt[0, :2, :2] = 1  # 4 px
+    gt[1, :2, :3] = 1  # 6 px
+    gt[2, :2, :2] = 1
+    pred = torch.full((4, 4, 4), -5.0)
+    pred[0, :2, :2] = 5  # identical -> 1
+    pred[1, :2, :2] = 5  # 4 px inside 6 px -> 4/6
+    pred[2, 2:, 2:] = 5  # disjoint -> 0
+    pred[3, 0, :] = 0.5  # 4 px vs empty GT -> 0
+    assert torch.allclose(mask_iou_targets(pred, gt), torch.tensor([1.0, 4 / 6, 0.0, 0.0]))
+    assert mask_iou_targets(torch.full((1, 4, 4), -1.0), torch.zeros(1, 4, 4)).item() == 0.0  # nothing to score
+    half = torch.zeros(1, 4, 4)
+    half[0, :, :2] = 1
+    cross = torch.full((1, 4, 4), -1.0)
+    cross[0, 1:3, 1:3] = 1.0  # 2 of its 4 px in the GT half: IoU = 2 / (8 + 4 - 2)
+    assert torch.allclose(mask_iou_targets(cross, half), torch.tensor([0.2]))
+
+
+def test_mask_boundary_equals_hand_computed_boundary():
+    square = torch.zeros(1, 6, 6)
+    square[0, 1:5, 1:5] = 1
+    ring = square.clone()
+    ring[0, 2:4, 2:4] = 0  # the 4x4 square's 12 edge pixels
+    assert torch.equal(mask_boundary(square), ring)
+    assert torch.equal(mask_boundary(square, width=2), square)  # every pixel is within 2 px of background
+
+    corner = torch.zeros(1, 5, 5)
+    corner[0, :3, :3] = 1  # touches the crop border: only the sides facing background are boundary
+    expected = torch.zeros(1, 5, 5)
+    expected[0, 2, :3] = 1
+    expected[0, :3, 2] = 1
+    assert torch.equal(mask_boundary(corner), expected)
+    assert mask_boundary(torch.ones(1, 4, 4)).sum() == 0
+
+
+def test_mask_targets_use_detectron2_rasterization_and_gt_class():
+    masks = torch.zeros(2, 16, 16)
+    masks[0, 4:12, 4:8] = 1
+    masks[1, 2:6, 2:14] = 1
+    inst = _instances(masks, [[4, 4, 12, 12], [0, 0, 16, 8]], [2, 0])
+    logits = torch.randn(2, 3, 8, 8)
+    targets = select_mask_targets(logits, [inst])
+    assert torch.equal(targets.logits, torch.stack([logits[0, 2], logits[1, 0]]))
+    assert torch.equal(targets.masks.bool(), inst.gt_masks.crop_and_resize(inst.proposal_boxes.tensor, 8))
+    assert torch.equal(targets.masks[0, :, :4], torch.ones(8, 4))  # left half of the box is the object
+    agnostic = select_mask_targets(logits[:, :1], [inst])
+    assert torch.equal(agnostic.logits, logits[:, 0])
+
+
+def test_mask_loss_defaults_equal_detectron2_and_options_change_it():
+    torch.manual_seed(0)
+    masks = (torch.rand(3, 20, 20) > 0.5).float()
+    inst = _instances(masks, [[0, 0, 20, 20], [2, 2, 15, 18], [5, 0, 20, 10]], [0, 1, 1])
+    logits = torch.randn(3, 2, 7, 7)
+    with EventStorage():
+        stock = mask_rcnn_loss(logits, [inst])
+        plain = MaskLoss()(logits, [inst])
+        both = MaskLoss(dice_weight=0.5, boundary_bce_weight=3.0)(logits, [inst])
+    assert set(plain) == {"loss_mask"} and torch.allclose(plain["loss_mask"], stock)
+    targets = select_mask_targets(logits, [inst])
+    assert torch.allclose(both["loss_mask_dice"], 0.5 * dice_loss(targets.logits, targets.masks))
+    assert not torch.allclose(both["loss_mask"], stock)
+    perfect = 20.0 * (2 * targets.masks - 1)
+    assert dice_loss(perfect, targets.masks) < 0.01 < dice_loss(-perfect, targets.masks)
+
+
+def test_mask_loss_without_foreground_is_zero_with_gradient():
+    logits = torch.randn(0, 5, 28, 28, requires_grad=True)
+    losses = MaskLoss(dice_weight=1.0)(logits, [_instances(torch.zeros(0, 8, 8), [], [])])
+    assert all(v.item() == 0 for v in losses.values())
+    sum(losses.values()).backward()
+
+
+# ----------------------------------------------------------------------------------------- training
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_trains_on_fixed_batch_with_decreasing_loss(variant: str, fixed_batch: list[dict]):
+    cfg = tiny_cfg(variant)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    history = []
+    with EventStorage():
+        for _ in range(6):
+            losses = model(fixed_batch)
+            total = sum(losses.values())
+            assert all(torch.isfinite(v) for v in losses.values()), losses
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            history.append({k: v.item() for k, v in losses.items()})
+    expected = {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"} | EXTRA_LOSSES.get(variant, set())
+    assert set(history[0]) == expected
+    totals = [sum(h.values()) for h in history]
+    assert max(totals[-2:]) < totals[0], totals
+    for name in EXTRA_LOSSES.get(variant, ()):
+        assert min(h[name] for h in history[-2:]) < history[0][name], (name, history)
+
+
+# ---------------------------------------------------------------------------------------- inference
+@pytest.mark.parametrize("pooler", POOLERS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_inference_returns_scored_instances(variant: str, pooler: str, fixed_batch: list[dict]):
+    cfg = tiny_cfg(variant, "MODEL.MASKEXT.POOLER", pooler, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    image = fixed_batch[0]["image"]
+    with torch.no_grad():
+        raw = model.inference([{"image": image}], do_postprocess=False)[0]
+        pasted = model([{"image": image, "height": 100, "width": 90}])[0]["instances"]
+    side = 4 * cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION if variant == "hires_mask_head" else 28
+    assert len(raw) == cfg.TEST.DETECTIONS_PER_IMAGE
+    assert raw.pred_masks.shape == (len(raw), 1, side, side)
+    assert isinstance(pasted, Instances) and pasted.image_size == (100, 90)
+    assert pasted.pred_masks.shape == (len(pasted), 100, 90)
+    assert ((raw.scores >= 0) & (raw.scores <= 1)).all()
+    if variant == "mask_scoring":
+        assert ((raw.pred_maskiou >= 0) & (raw.pred_maskiou <= 1)).all()
+        assert (raw.scores <= raw.pred_maskiou + 1e-6).all()  # score = class score x mask IoU
+
+
+# --------------------------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def stock_state_dict() -> dict[str, torch.Tensor]:
+    """A stock Detectron2 Mask R-CNN (StandardROIHeads, default heads) of the same base config."""
+    torch.manual_seed(0)
+    return build_model(tiny_cfg(BASE, "MODEL.ROI_HEADS.NAME", "StandardROIHeads")).state_dict()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_stock_checkpoint_loads_with_only_new_parameters_missing(variant: str, stock_state_dict: dict):
+    model = build_model(tiny_cfg(variant))
+    incompatible = DetectionCheckpointer(model)._load_model({"model": dict(stock_state_dict)})
+    variant_keys = set(model.state_dict())
+    new = {k for k in variant_keys if k.startswith(NEW_PARAMETER_PREFIXES[variant])}
+    assert set(incompatible.missing_keys) == new == variant_keys - set(stock_state_dict)
+    assert not incompatible.incorrect_shapes
+    assert set(incompatible.unexpected_keys) == set(stock_state_dict) - variant_keys
+    for key in variant_keys - new:  # everything shared was really loaded
+        assert torch.equal(model.state_dict()[key], stock_state_dict[key]), key
+
+
+def test_boundary_head_with_stock_weights_predicts_stock_masks(stock_state_dict: dict):
+    """``boundary_to_mask`` starts at zero, so a stock checkpoint gives exactly stock's masks."""
+    stock = build_model(tiny_cfg(BASE, "MODEL.ROI_HEADS.NAME", "StandardROIHeads")).eval()
+    stock.load_state_dict(stock_state_dict)
+    boundary = build_model(tiny_cfg("boundary_mask_head")).eval()
+    DetectionCheckpointer(boundary)._load_model({"model": dict(stock_state_dict)})
+    x = torch.randn(3, 32, 14, 14)
+    assert torch.allclose(boundary.roi_heads.mask_head.layers(x), stock.roi_heads.mask_head.layers(x), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- tracing
+@pytest.mark.parametrize("variant", ["mask_loss_dice_boundary", "boundary_mask_head", "light_mask_head"])
+def test_mask_head_layers_trace(variant: str):
+    head = build_model(tiny_cfg(variant)).roi_heads.mask_head.eval()
+    assert isinstance(head, (MaskExtConvUpsampleHead, BoundaryMaskHead, LightMaskHead))
+    x = torch.randn(4, 32, 14, 14)
+    traced = torch.jit.trace_module(head, {"layers": (x,)})
+    y = torch.randn(7, 32, 14, 14)
+    assert torch.allclose(traced.layers(y), head.layers(y), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["mask_scoring", "hires_mask_head"])
+def test_whole_model_traces(variant: str, fixed_batch: list[dict]):
+    """The ROI-heads variant (rescoring) and the head that pools its own features trace end to end."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(variant)).eval()
+    inputs = [{"image": fixed_batch[0]["image"]}]
+
+    def inference(model, inputs):
+        return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
+
+    adapter = TracingAdapter(model, inputs, inference)
+    traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
+    for got, want in zip(traced(*adapter.flattened_inputs), adapter(*adapter.flattened_inputs)):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------- config errors
+def test_hires_head_requires_empty_pooler_type():
+    with pytest.raises(ValueError, match="POOLER_TYPE"):
+        build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIAlignV2"))
+    with pytest.raises(ValueError, match="FINE_FEATURE"):
+        build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_MASK_HEAD.HIRES.FINE_FEATURE", "p1"))
+    assert isinstance(build_model(tiny_cfg("hires_mask_head")).roi_heads.mask_head, HighResMaskHead)
+
+
+def test_double_head_roi_heads_require_double_box_head():
+    with pytest.raises(ValueError, match="DoubleConvFCHead"):
+        build_model(tiny_cfg("double_head", "MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead"))
+
+
+def test_mask_scoring_requires_pooled_mask_features():
+    with pytest.raises(ValueError, match="POOLER_TYPE"):
+        build_model(tiny_cfg("mask_scoring", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", ""))

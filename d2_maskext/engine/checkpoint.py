@@ -8,6 +8,7 @@ file names. :class:`SafeCheckpointer` fixes both and is otherwise Detectron2's `
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import IO, Any
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
@@ -47,6 +49,15 @@ _NUMPY_PICKLE_GLOBALS = frozenset(
         ("_codecs", "encode"),
     }
 )
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """What ``torch.load(weights_only=True)`` must also accept to load ``.pth`` files holding numpy arrays
+    (some converted model-zoo weights do): the array/scalar rebuild functions and the numeric dtype classes
+    (object dtype excluded)."""
+    multiarray = importlib.import_module("numpy._core.multiarray")  # same objects as numpy.core in numpy 1.x
+    dtype_classes = [getattr(np.dtypes, n) for n in getattr(np.dtypes, "__all__", ()) if n != "ObjectDType"]
+    return [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtype_classes]
 
 
 class UntrustedCheckpointError(pickle.UnpicklingError):
@@ -211,10 +222,13 @@ class SafeCheckpointer(DetectionCheckpointer):
                 raise _refusal(filename, str(e)) from None
 
     def _torch_load(self, f: str) -> Any:
+        if self.allow_unsafe_pickle:
+            return torch.load(f, map_location="cpu", weights_only=False)
         try:
-            return torch.load(f, map_location="cpu", weights_only=not self.allow_unsafe_pickle)
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                return torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            if self.allow_unsafe_pickle or "weights only" not in str(e).lower():
+            if "weights only" not in str(e).lower():
                 raise
             unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
             what = f"the Python global '{unsupported[1]}'" if unsupported else "a Python object"

@@ -187,9 +187,10 @@ def build_report(
 ) -> Path:
     """Evaluate ``results`` against ``coco_gt`` and write every report file into ``output_dir``."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    analysis = _analyse(coco_gt, results, options, tasks)
+    # Written before COCOeval, which adds its own fields to the ground-truth annotations in place.
     (output_dir / "predictions.json").write_text(json.dumps(list(results)))
     (output_dir / "ground_truth.json").write_text(json.dumps(coco_gt.dataset))
+    analysis = _analyse(coco_gt, results, options, tasks)
     (output_dir / "metrics.json").write_text(json.dumps(_metrics_json(analysis, options), indent=2))
     sections = [
         _ap_section(analysis),

@@ -22,7 +22,8 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("ring", "star", "cross", "crescent", "frame")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+MIN_CONTRAST = 80.0  # minimum RGB distance between an object's base colour and what it covers
 _SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_029}
 
 
@@ -36,7 +37,7 @@ class SyntheticSpec:
     seed: int = 0
     min_instances: int = 2
     max_instances: int = 7
-    min_size: float = 14.0
+    min_size: float = 16.0
     max_size: float = 110.0
     max_occlusion: float = 0.5
 
@@ -125,8 +126,14 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _object_texture(rng: np.random.Generator, size: int) -> np.ndarray:
+def _object_texture(rng: np.random.Generator, size: int, backdrop: np.ndarray) -> np.ndarray:
+    """Textured fill whose base colour differs from ``backdrop`` (the mean colour it is painted over),
+    so every labelled instance is actually visible."""
     color = rng.uniform(20, 235, size=3).astype(np.float32)
+    for _ in range(20):
+        if np.linalg.norm(color - backdrop) >= MIN_CONTRAST:
+            break
+        color = rng.uniform(20, 235, size=3).astype(np.float32)
     tex = color + 45 * (_smooth_noise(rng, size, int(rng.integers(4, 16))) - 0.5)
     return tex + rng.normal(0, 8, size=tex.shape).astype(np.float32)
 
@@ -156,7 +163,7 @@ def generate_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, list[di
             continue
         visible = occluded + [full]
         classes.append(cls)
-        tex = _object_texture(rng, s)
+        tex = _object_texture(rng, s, img[full > 0].mean(axis=0))
         img = np.where(full[..., None] > 0, tex, img)
     image = np.clip(img, 0, 255).astype(np.uint8)
     annotations = [{"category_id": c, "mask": m} for c, m in zip(classes, visible)]

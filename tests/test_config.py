@@ -15,7 +15,7 @@ from d2_maskext.data.synthetic import BUILTIN_SYNTHETIC, SYNTHETIC_CLASSES
 def test_add_config_sets_defaults_and_leaves_global_defaults_alone():
     cfg = add_maskext_config(get_cfg())
     assert cfg.MODEL.MASKEXT.POOLER == "stock"
-    assert cfg.INPUT.MAPPER.NAME == "DatasetMapper"
+    assert cfg.INPUT.MAPPER.NAME == "MaskExtDatasetMapper"
     assert "MASKEXT" not in get_cfg().MODEL, "Detectron2's global defaults must not change"
     assert add_maskext_config(cfg) is cfg  # idempotent
 

@@ -32,16 +32,23 @@ def _start_training(out: Path, log: Path, *flags: str) -> subprocess.Popen:
     opts = ("SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", str(CHECKPOINT_PERIOD))
     with log.open("w") as f:
         return subprocess.Popen(
-            train_net_command(out, *flags, opts=opts), stdout=f, stderr=subprocess.STDOUT, env=subprocess_env()
+            train_net_command(out, *flags, opts=opts),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(),
         )
 
 
-def _kill_after_first_checkpoint(proc: subprocess.Popen, out: Path, log: Path, timeout_s: float = 300) -> float:
+def _kill_after_first_checkpoint(
+    proc: subprocess.Popen, out: Path, log: Path, timeout_s: float = 300
+) -> float:
     """SIGKILL ``proc`` shortly after ``last_checkpoint`` appears; return seconds since the start."""
     started = time.monotonic()
     try:
         while not (out / "last_checkpoint").exists():
-            assert proc.poll() is None, f"training exited ({proc.returncode}) before a checkpoint:\n{tail(log)}"
+            assert proc.poll() is None, (
+                f"training exited ({proc.returncode}) before a checkpoint:\n{tail(log)}"
+            )
             assert time.monotonic() - started < timeout_s, f"no checkpoint after {timeout_s} s:\n{tail(log)}"
             time.sleep(0.05)
         time.sleep(KILL_DELAY_S)

@@ -64,7 +64,9 @@ def test_training_checkpoint_round_trips_weights_only(tmp_path):
     model(torch.ones(2, 4)).sum().backward()
     optimizer.step()
     scheduler.step()
-    SafeCheckpointer(model, str(tmp_path), optimizer=optimizer, scheduler=scheduler).save("model_0000000", iteration=0)
+    SafeCheckpointer(model, str(tmp_path), optimizer=optimizer, scheduler=scheduler).save(
+        "model_0000000", iteration=0
+    )
 
     fresh = _model()
     fresh_optimizer = build_optimizer(cfg, fresh)
@@ -104,7 +106,9 @@ def test_pth_with_python_objects_loads_only_when_opted_in(tmp_path):
 def test_model_zoo_pkl_of_numpy_arrays_loads_without_opt_in(tmp_path, protocol):
     """Detectron2 model-zoo format: {"model": {name: ndarray}, "__author__": ...}, Python 2 era protocol 2."""
     expected = _numpy_state(_model())
-    path = _write_pickle(tmp_path / "zoo.pkl", {"model": expected, "__author__": "Detectron2 Model Zoo"}, protocol)
+    path = _write_pickle(
+        tmp_path / "zoo.pkl", {"model": expected, "__author__": "Detectron2 Model Zoo"}, protocol
+    )
     model = _model()
     SafeCheckpointer(model).load(str(path))
     assert _weights_equal(model, expected)

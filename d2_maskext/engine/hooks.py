@@ -32,7 +32,9 @@ class OptimizerStepCounter(HookBase):
     def after_train(self) -> None:
         if self._handle is not None:
             self._handle.remove()
-        logger.info("Optimizer steps over the whole run: %d (trainer at iteration %d)", self.steps, self.trainer.iter)
+        logger.info(
+            "Optimizer steps over the whole run: %d (trainer at iteration %d)", self.steps, self.trainer.iter
+        )
 
     def state_dict(self) -> dict[str, int]:
         return {"steps": self.steps}

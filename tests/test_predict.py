@@ -1,0 +1,167 @@
+"""tools/predict.py: overlays per image, COCO results pycocotools accepts, videos, batching, ground-truth ids.
+
+A randomly initialised tiny model is enough here (score threshold 0 keeps its detections); the report
+tests cover a trained one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from pycocotools.coco import COCO
+from train_net_runner import BASE_CONFIG, REPO, TINY_MODEL_OPTS, tiny_cfg
+
+from d2_maskext.engine import Trainer
+from d2_maskext.evaluation.predict import BatchPredictor, predict
+
+VAL = "maskext_synth_tiny_val"
+PREDICT_OPTS = (
+    "DATASETS.TEST",
+    f'("{VAL}",)',
+    "TEST.DETECTIONS_PER_IMAGE",
+    "5",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "50",
+)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("predict_model")
+    torch.manual_seed(0)
+    model = Trainer.build_model(tiny_cfg(out))
+    DetectionCheckpointer(model, save_dir=str(out)).save("random_init")
+    return out / "random_init.pth"
+
+
+@pytest.fixture(scope="module")
+def cfg(weights, tmp_path_factory) -> CfgNode:
+    opts = (*PREDICT_OPTS, "MODEL.WEIGHTS", str(weights), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    cfg = tiny_cfg(tmp_path_factory.mktemp("predict_out"), *opts)
+    cfg.freeze()
+    return cfg
+
+
+def _image(seed: int, height: int = 96, width: int = 128) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = np.full((height, width, 3), rng.integers(40, 200, size=3), np.uint8)
+    cv2.circle(
+        image, (int(rng.integers(30, 90)), 48), 20, tuple(int(c) for c in rng.integers(0, 255, size=3)), -1
+    )
+    return image
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_predict_folder_writes_one_overlay_per_image_and_loadable_results(weights, tmp_path, capsys):
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    cv2.imwrite(str(images / "a.png"), _image(0))
+    cv2.imwrite(str(images / "b.jpg"), _image(1))
+    cv2.imwrite(str(images / "sub" / "c.png"), _image(2))
+    (images / "broken.png").write_bytes(b"not an image")
+    (images / "notes.txt").write_text("not an image either")
+    out = tmp_path / "out"
+
+    _load_tool("predict").main(
+        ["--config-file", str(BASE_CONFIG), "--input", str(images), "--output", str(out), "--device", "cpu",
+         "--score-threshold", "0.0", "--batch-size", "2",
+         *TINY_MODEL_OPTS, *PREDICT_OPTS, "MODEL.WEIGHTS", str(weights)]
+    )  # fmt: skip
+
+    assert "3 images (1 skipped)" in capsys.readouterr().out
+    overlays = sorted(p.relative_to(out / "overlays").as_posix() for p in (out / "overlays").rglob("*.png"))
+    assert overlays == ["a.png", "b.png", "sub/c.png"]
+    for name in overlays:
+        assert cv2.imread(str(out / "overlays" / name)).shape == (96, 128, 3)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(out / "images.json"))
+        results = coco.loadRes(str(out / "predictions.json"))
+    assert sorted(img["file_name"] for img in coco.dataset["images"]) == ["a.png", "b.jpg", "sub/c.png"]
+    assert [c["name"] for c in coco.dataset["categories"]] == MetadataCatalog.get(VAL).thing_classes
+    anns = results.dataset["annotations"]
+    assert 0 < len(anns) <= 3 * 5
+    for ann in anns:
+        assert set(ann["segmentation"]) == {"size", "counts"} and ann["segmentation"]["size"] == [96, 128]
+        assert ann["category_id"] in coco.cats and 0.0 <= ann["score"] <= 1.0
+
+
+def test_predict_video_writes_overlay_video_and_one_image_per_frame(cfg, tmp_path):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (128, 96))
+    for seed in range(3):
+        writer.write(_image(seed))
+    writer.release()
+
+    summary = predict(cfg, video, tmp_path / "out", batch_size=2)
+
+    assert summary.num_images == 3 and summary.num_skipped == 0
+    images = json.loads(summary.images_json.read_text())["images"]
+    assert [img["file_name"] for img in images] == ["clip.avi#000000", "clip.avi#000001", "clip.avi#000002"]
+    capture = cv2.VideoCapture(str(summary.overlays / "clip.mp4"))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    assert frames == 3
+
+
+def test_batched_prediction_equals_one_image_at_a_time(cfg):
+    predictor = BatchPredictor(cfg)
+    images = [_image(3), _image(4)]
+    batched = predictor.predict_batch(images)
+    for image, output in zip(images, batched):
+        single = predictor(image)["instances"]
+        torch.testing.assert_close(
+            output["instances"].pred_boxes.tensor, single.pred_boxes.tensor, atol=1e-3, rtol=1e-4
+        )
+        torch.testing.assert_close(output["instances"].scores, single.scores, atol=1e-4, rtol=1e-4)
+
+
+def test_gt_json_gives_ground_truth_image_and_category_ids(cfg, tmp_path):
+    DatasetCatalog.get(VAL)
+    metadata = MetadataCatalog.get(VAL)
+    gt = json.loads(Path(metadata.json_file).read_text())
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for img in gt["images"][2:4]:
+        shutil.copy(Path(metadata.image_root) / img["file_name"], folder / img["file_name"])
+
+    summary = predict(cfg, folder, tmp_path / "out", batch_size=2, gt_json=metadata.json_file)
+
+    images = json.loads(summary.images_json.read_text())["images"]
+    assert [img["id"] for img in images] == [img["id"] for img in gt["images"][2:4]]
+    results = json.loads(summary.predictions_json.read_text())
+    assert {r["category_id"] for r in results} <= {c["id"] for c in gt["categories"]}
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("missing", "no such image, folder or video"),
+        ("notes.txt", "unknown file type"),
+        ("empty", "no images"),
+    ],
+)
+def test_bad_inputs_are_named(cfg, tmp_path, name, message):
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        predict(cfg, tmp_path / name, tmp_path / "out")

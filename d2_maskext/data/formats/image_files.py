@@ -111,10 +111,11 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
 
 def list_images(root: Path, exclude: Path | None = None) -> list[Path]:
     """Image files under ``root`` (recursive, sorted), as paths relative to ``root``; ``exclude`` is skipped."""
+    skip = os.path.abspath(exclude) if exclude is not None else None
     found = []
     for path in sorted(root.rglob("*")):
         if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            if exclude is not None and path.is_relative_to(exclude):
+            if skip is not None and os.path.commonpath([skip, os.path.abspath(path)]) == skip:
                 continue
             found.append(path.relative_to(root))
     return found

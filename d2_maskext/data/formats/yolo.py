@@ -7,6 +7,7 @@ images without annotations.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -34,7 +35,8 @@ def load_yolo(source: DatasetSource, problems: ProblemLog) -> LoadedDataset:
     if not labels.is_dir():
         problems.add("malformed", labels, "", "YOLO annotations must be the labels folder")
         return LoadedDataset([], names)
-    files = [p for p in labels.rglob("*.txt") if p != source.thing_classes]
+    names_file = os.path.abspath(source.thing_classes) if isinstance(source.thing_classes, Path) else None
+    files = [p for p in labels.rglob("*.txt") if os.path.abspath(p) != names_file]
     pairs = images_with_annotations(source, problems, files, lambda p: p.relative_to(labels).with_suffix(""))
     records = []
     for image, label_files in tqdm(pairs, desc=f"loading {source.name}", unit="img", leave=False):

@@ -44,7 +44,7 @@ def test_two_process_cpu_training_then_evaluation_gathered_on_rank0(tmp_path):
     command = train_net_command(out, "--num-gpus", "2", "--dist-url", "auto", opts=opts)
     with log.open("w") as f:
         result = subprocess.run(
-            command, stdout=f, stderr=subprocess.STDOUT, env=subprocess_env(), timeout=480
+            command, stdout=f, stderr=subprocess.STDOUT, env=subprocess_env(), timeout=900
         )
     assert result.returncode == 0, tail(log)
 

@@ -165,7 +165,11 @@ def test_build_mapper_default_and_every_registered_name(synthetic):
         cfg.INPUT.MAPPER.NAME = name
         out = build_mapper(cfg, True)(synthetic[1][0])
         assert out["image"].dtype == torch.uint8 and len(out["instances"]) > 0
-    assert set(MAPPER_REGISTRY._obj_map) >= {"LSJDatasetMapper", "CopyPasteDatasetMapper"}
+    cfg.INPUT.MAPPER.NAME = "DatasetMapper"
+    cfg.INPUT.PHOTOMETRIC.ENABLED = True
+    with pytest.raises(ValueError, match="mapper 'DatasetMapper' does not apply it"):
+        build_mapper(cfg, True)
+    assert "CopyPasteDatasetMapper" in MAPPER_REGISTRY
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs" / "synthetic").glob("mapper_*.yaml")), ids=lambda p: p.stem)

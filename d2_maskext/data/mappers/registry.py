@@ -8,6 +8,8 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper
 from detectron2.utils.registry import Registry
 
+from .photometric import ColorJitter
+
 MAPPER_REGISTRY = Registry("MAPPER")
 MAPPER_REGISTRY.__doc__ = """
 Dataset mappers: callables built by ``MAPPER_REGISTRY.get(name)(cfg, is_train)`` that turn a dataset dict
@@ -18,5 +20,13 @@ MAPPER_REGISTRY.register(DatasetMapper)
 
 
 def build_mapper(cfg: CfgNode, is_train: bool) -> Callable[[dict], dict | None]:
-    """Build the mapper named by ``cfg.INPUT.MAPPER.NAME``."""
-    return MAPPER_REGISTRY.get(cfg.INPUT.MAPPER.NAME)(cfg, is_train)
+    """Build the mapper named by ``cfg.INPUT.MAPPER.NAME``; refuse to ignore ``INPUT.PHOTOMETRIC`` silently."""
+    mapper = MAPPER_REGISTRY.get(cfg.INPUT.MAPPER.NAME)(cfg, is_train)
+    if is_train and cfg.INPUT.PHOTOMETRIC.ENABLED:
+        augmentations = getattr(getattr(mapper, "augmentations", None), "augs", [])
+        if not any(isinstance(a, ColorJitter) for a in augmentations):
+            raise ValueError(
+                f"INPUT.PHOTOMETRIC.ENABLED is set but mapper {cfg.INPUT.MAPPER.NAME!r} does not apply it; use one of "
+                "the plugin mappers (MaskExtDatasetMapper, LSJDatasetMapper, CopyPasteDatasetMapper) or a subclass"
+            )
+    return mapper

@@ -7,11 +7,10 @@ workers shows that config-declared registrations hold in every process ``launch`
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import torch
-from train_net_runner import subprocess_env, tail, train_net_command
+from train_net_runner import run_train_net, tail, train_net_command
 
 from d2_maskext.data.synthetic import BUILTIN_SYNTHETIC, ensure_generated
 
@@ -42,11 +41,7 @@ def test_two_process_cpu_training_then_evaluation_gathered_on_rank0(tmp_path):
         f'("{DECLARED_VAL}",)',
     )
     command = train_net_command(out, "--num-gpus", "2", "--dist-url", "auto", opts=opts)
-    with log.open("w") as f:
-        result = subprocess.run(
-            command, stdout=f, stderr=subprocess.STDOUT, env=subprocess_env(), timeout=900
-        )
-    assert result.returncode == 0, tail(log)
+    assert run_train_net(command, log, timeout_s=900) == 0, tail(log)
 
     rank0, rank1 = (out / "log.txt").read_text(), (out / "log.txt.rank1").read_text()
     assert "World size: 2" in rank0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_net_runner import subprocess_env, tail, train_net_command
+from train_net_runner import kill_process_group, start_train_net, tail, train_net_command
 
 from d2_maskext.engine.checkpoint import SafeCheckpointer, atomic_open
 
@@ -30,13 +30,7 @@ STEP_COUNTER_KEY = "OptimizerStepCounter"
 
 def _start_training(out: Path, log: Path, *flags: str) -> subprocess.Popen:
     opts = ("SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", str(CHECKPOINT_PERIOD))
-    with log.open("w") as f:
-        return subprocess.Popen(
-            train_net_command(out, *flags, opts=opts),
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=subprocess_env(),
-        )
+    return start_train_net(train_net_command(out, *flags, opts=opts), log)
 
 
 def _kill_after_first_checkpoint(
@@ -55,8 +49,7 @@ def _kill_after_first_checkpoint(
         proc.send_signal(signal.SIGKILL)
         return time.monotonic() - started
     finally:
-        proc.kill()
-        proc.wait(timeout=60)
+        kill_process_group(proc)
 
 
 @pytest.mark.slow
@@ -77,7 +70,7 @@ def test_sigkill_then_resume_ends_at_max_iter_with_every_optimizer_step(tmp_path
     try:
         assert resumed.wait(timeout=600) == 0, tail(resumed_log)
     finally:
-        resumed.kill()
+        kill_process_group(resumed)
     assert f"Starting training from iteration {checkpoint_iter + 1}" in resumed_log.read_text()
     final = torch.load(out / "model_final.pth", weights_only=True)
     assert final["iteration"] == MAX_ITER - 1

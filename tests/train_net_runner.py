@@ -6,7 +6,10 @@ proposals), so an iteration takes about a second on one CPU core.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,9 +60,33 @@ def train_net_command(output_dir: Path, *flags: str, opts: Sequence[str] = ()) -
     ]
 
 
-def subprocess_env(threads: int = 1) -> dict[str, str]:
-    """Environment for a training subprocess: the test datasets folder (from conftest) and few threads."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
+def start_train_net(command: list[str], log: Path) -> subprocess.Popen:
+    """Start ``command`` in its own process group (see :func:`kill_process_group`), output to ``log``."""
+    with log.open("w") as f:
+        return subprocess.Popen(
+            command, stdout=f, stderr=subprocess.STDOUT, env=_subprocess_env(), start_new_session=True
+        )
+
+
+def kill_process_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and every process it started (``launch`` workers outlive a killed parent)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def run_train_net(command: list[str], log: Path, timeout_s: float) -> int:
+    """Run ``command`` to the end and return its exit status; on timeout kill its whole process group."""
+    proc = start_train_net(command, log)
+    try:
+        return proc.wait(timeout=timeout_s)
+    finally:
+        kill_process_group(proc)
+
+
+def _subprocess_env() -> dict[str, str]:
+    """Environment for a training subprocess: the test datasets folder (from conftest), one thread each."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def tail(path: Path, chars: int = 4000) -> str:

@@ -17,6 +17,7 @@ from detectron2.data import transforms as T
 
 _GRAY = np.array([0.299, 0.587, 0.114])  # RGB luma weights
 _YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB_FROM_YIQ = np.linalg.inv(_YIQ)
 # AlexNet's ImageNet RGB principal components (as in Detectron2's RandomLighting), for pixels in [0, 1].
 _EIGEN_VECTORS = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
 _EIGEN_VALUES = np.array([0.2175, 0.0188, 0.0045])
@@ -66,7 +67,7 @@ class ColorJitter(T.Augmentation):
             angle = 2 * np.pi * np.random.uniform(-self.hue, self.hue)
             c, s = np.cos(angle), np.sin(angle)
             rotation = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-            then(np.linalg.inv(_YIQ) @ rotation @ _YIQ)
+            then(_RGB_FROM_YIQ @ rotation @ _YIQ)
         if self.lighting:
             alpha = np.random.normal(scale=self.lighting, size=3)
             then(np.eye(3), 255.0 * _EIGEN_VECTORS @ (alpha * _EIGEN_VALUES))

@@ -14,7 +14,7 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from dataset_builders import Scene, rectilinear, ring, unique_name, write_coco
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_train_loader
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from PIL import Image
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]  # BGR colour of each class in the coloured dataset
 
 
-def _cfg(**overrides) -> object:
+def _cfg(**overrides) -> CfgNode:
     cfg = add_maskext_config(get_cfg())
     cfg.MODEL.MASK_ON = True
     cfg.INPUT.MASK_FORMAT = "bitmask"

@@ -15,7 +15,8 @@ from detectron2.utils.events import EventStorage
 from d2_maskext.config import add_maskext_config
 from d2_maskext.data.mappers import build_mapper
 
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if not p.name.startswith("Base-"))
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if not p.name.startswith("Base-"))
 TINY_OVERRIDES = [
     "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
     "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
@@ -37,7 +38,7 @@ def test_configs_found():
     assert "mask_rcnn_R18_FPN_GN_demo.yaml" in names and "mask_rcnn_R_50_FPN_1x.yaml" in names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
 def test_config_trains_one_step_and_infers(path: Path):
     cfg = tiny_cfg(path)
     torch.manual_seed(0)

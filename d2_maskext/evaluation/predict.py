@@ -24,6 +24,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils.visualizer import Visualizer
+from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from .coco_metrics import load_coco_json
@@ -129,14 +130,12 @@ class _CategoryIds:
         self.metadata = Metadata(thing_classes=self.names)
 
 
-def _image_ids(frames_names: Sequence[str], gt_json: Path | None) -> dict[str, int] | None:
-    if gt_json is None:
-        return None
-    coco = load_coco_json(gt_json)
-    by_name = {img["file_name"]: img_id for img_id, img in coco.imgs.items()}
+def _image_ids(frame_names: Sequence[str], gt: COCO, gt_json: Path) -> dict[str, int]:
+    """Ground-truth image id of each input, by relative path or else by file name."""
+    by_name = {img["file_name"]: img_id for img_id, img in gt.imgs.items()}
     by_base = {Path(name).name: img_id for name, img_id in by_name.items()}
     ids, unknown = {}, []
-    for name in frames_names:
+    for name in frame_names:
         img_id = by_name.get(name, by_base.get(Path(name).name))
         if img_id is None:
             unknown.append(name)
@@ -198,9 +197,13 @@ def predict(
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     paths, root, is_video = _resolve_source(source)
-    gt_path = Path(gt_json) if gt_json is not None else None
-    categories = _CategoryIds(cfg, load_coco_json(gt_path).dataset["categories"] if gt_path else None)
-    image_ids = None if is_video else _image_ids([_frame_name(p, root) for p in paths], gt_path)
+    gt = load_coco_json(gt_json) if gt_json is not None else None
+    categories = _CategoryIds(cfg, gt.dataset["categories"] if gt is not None else None)
+    image_ids = (
+        _image_ids([_frame_name(p, root) for p in paths], gt, Path(gt_json))
+        if gt is not None and not is_video
+        else None
+    )
     overlays = output_dir / "overlays"
     overlays.mkdir(parents=True, exist_ok=True)
     predictor = BatchPredictor(cfg)

@@ -21,6 +21,7 @@ from html import escape
 from pathlib import Path
 
 import cv2
+import matplotlib.colors as mcolors
 import numpy as np
 import torch
 from detectron2.config import CfgNode
@@ -57,7 +58,7 @@ COCO_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """Analysis settings (``cfg.TEST.REPORT`` and ``cfg.TEST.EVAL``); AP numbers do not depend on them."""
+    """``cfg.TEST.REPORT`` (analysis only: AP does not depend on it) and ``cfg.TEST.EVAL`` (COCOeval's maxDets)."""
 
     score_threshold: float = 0.5
     iou_threshold: float = 0.5
@@ -372,58 +373,62 @@ def _sweep_section(analysis: _Analysis, options: ReportOptions) -> str:
     )
 
 
+def _worst_image_panels(
+    m: ImageMatches, coco_gt: COCO, coco_dt: COCO, image: np.ndarray, threshold: float
+) -> np.ndarray:
+    """Ground truth (left: found or missed) and predictions >= ``threshold`` (right: correct, wrong, ignored)."""
+    scale = _PANEL_WIDTH / image.shape[1]
+    gts = [coco_gt.anns[i] for i in m.gt_ids]
+    gt_colors = [_MATCH if s >= threshold else _ERROR for s in m.gt_match_scores]
+    gt_panel = draw_coco_instances(
+        image, coco_gt, gts, [coco_gt.cats[a["category_id"]]["name"] for a in gts], gt_colors, scale
+    )
+    shown = [
+        (i, _MATCH if ok else _ERROR)
+        for i, s, ok in zip(m.dt_ids, m.dt_scores, m.dt_is_match)
+        if s >= threshold
+    ]
+    shown += [(i, _IGNORED) for i in m.ignored_dt_ids if coco_dt.anns[i]["score"] >= threshold]
+    dts = [coco_dt.anns[i] for i, _ in shown]
+    labels = [f"{coco_gt.cats[d['category_id']]['name']} {d['score'] * 100:.0f}%" for d in dts]
+    dt_panel = draw_coco_instances(image, coco_dt, dts, labels, [color for _, color in shown], scale)
+    return side_by_side(gt_panel, dt_panel)
+
+
 def _worst_section(analysis: _Analysis, image_paths: dict[int, Path], options: ReportOptions) -> str:
     coco_eval = analysis.evaluations[analysis.analysis_task].coco_eval
-    coco_gt, coco_dt = coco_eval.cocoGt, coco_eval.cocoDt
-    worst = worst_images(analysis.matches, options.score_threshold, options.num_worst_images)
+    threshold = options.score_threshold
+    worst = worst_images(analysis.matches, threshold, options.num_worst_images)
     figures, missing = [], 0
     for m in tqdm(worst, desc="worst images", unit="img", leave=False):
-        info = coco_gt.imgs[m.image_id]
+        info = coco_eval.cocoGt.imgs[m.image_id]
         image, found = read_image_or_blank(image_paths.get(m.image_id), info["height"], info["width"])
         missing += not found
-        scale = _PANEL_WIDTH / image.shape[1]
-        gts = [coco_gt.anns[i] for i in m.gt_ids]
-        gt_found = [s >= options.score_threshold for s in m.gt_match_scores]
-        gt_panel = draw_coco_instances(
-            image,
-            coco_gt,
-            gts,
-            [coco_gt.cats[a["category_id"]]["name"] for a in gts],
-            [_MATCH if f else _ERROR for f in gt_found],
-            scale,
-        )
-        shown = [
-            (i, ok) for i, s, ok in zip(m.dt_ids, m.dt_scores, m.dt_is_match) if s >= options.score_threshold
-        ]
-        ignored = [i for i in m.ignored_dt_ids if coco_dt.anns[i]["score"] >= options.score_threshold]
-        dts = [coco_dt.anns[i] for i, _ in shown] + [coco_dt.anns[i] for i in ignored]
-        colors = [_MATCH if ok else _ERROR for _, ok in shown] + [_IGNORED] * len(ignored)
-        labels = [f"{coco_gt.cats[d['category_id']]['name']} {d['score'] * 100:.0f}%" for d in dts]
-        dt_panel = draw_coco_instances(image, coco_dt, dts, labels, colors, scale)
-        tp, fp, fn = m.counts(options.score_threshold)
+        panels = _worst_image_panels(m, coco_eval.cocoGt, coco_eval.cocoDt, image, threshold)
+        tp, fp, fn = m.counts(threshold)
         caption = (
-            f"image {m.image_id} ({info['file_name']}): F1 {m.f1(options.score_threshold):.2f}, "
-            f"{tp} correct, {fp} wrong predictions, {fn} missed; left ground truth, right predictions"
+            f"image {m.image_id} ({info['file_name']}): F1 {m.f1(threshold):.2f}, correct {tp}, wrong {fp}, "
+            f"missed {fn} (left: ground truth, right: predictions)"
         )
         figures.append(
-            f"<figure><figcaption>{escape(caption)}</figcaption>{png_img(_png(side_by_side(gt_panel, dt_panel)), caption)}</figure>"
+            f"<figure><figcaption>{escape(caption)}</figcaption>{png_img(_png(panels), caption)}</figure>"
         )
     if missing:
         logger.warning(
             "%d of %d worst images could not be read; drawn on blank canvases", missing, len(worst)
         )
-    legend = (
-        '<p class="legend"><span style="background:#26a640">matched</span><span style="background:#e61f1f">'
-        'missed / wrong</span><span style="background:#8c8c8c">ignored (crowd)</span></p>'
+    legend = "".join(
+        f'<span style="background:{mcolors.to_hex(color)}">{name}</span>'
+        for name, color in (("matched", _MATCH), ("missed / wrong", _ERROR), ("ignored (crowd)", _IGNORED))
     )
     return section(
         f"{len(worst)} worst images",
         note(
             f"Lowest per-image F1 ({TASK_TITLES[analysis.analysis_task]}, COCOeval matches at IoU "
-            f"{options.iou_threshold:g}, score >= {options.score_threshold:g}); images without errors are not listed."
+            f"{options.iou_threshold:g}, score >= {threshold:g}); images without errors are not listed."
             + (f" {missing} image files were not found and are drawn on gray canvases." if missing else "")
         ),
-        legend,
+        f'<p class="legend">{legend}</p>',
         *(figures or [note("No image has errors at this threshold.")]),
     )
 

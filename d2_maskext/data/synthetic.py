@@ -240,6 +240,7 @@ def register_synthetic(name: str, spec: SyntheticSpec, root: Path | None = None)
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
         thing_classes=list(SYNTHETIC_CLASSES),
+        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTHETIC_CLASSES))},
         json_file=str(json_path),
         image_root=str(json_path.parent / "images"),
         evaluator_type="coco",

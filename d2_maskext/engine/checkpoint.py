@@ -9,7 +9,6 @@ file names. :class:`SafeCheckpointer` fixes both and is otherwise Detectron2's `
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import pickle
 import re
@@ -23,8 +22,6 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 ALLOW_UNSAFE_PICKLE_KEY = "CHECKPOINT.ALLOW_UNSAFE_PICKLE"
 

@@ -24,6 +24,8 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
@@ -49,7 +51,7 @@ def build_cfg(config: Path, args: argparse.Namespace, output_dir: Path) -> CfgNo
     cfg.merge_from_list(args.opts)
     cfg.SEED = args.seed
     cfg.SOLVER.MAX_ITER = args.iters
-    cfg.SOLVER.STEPS = (int(args.iters * 0.75), int(args.iters * 0.9))
+    cfg.SOLVER.STEPS = tuple(sorted({int(args.iters * 0.75), int(args.iters * 0.9)} - {0}))
     cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, args.iters // 4)
     cfg.SOLVER.CHECKPOINT_PERIOD = args.iters + 1  # only the final model is saved
     cfg.TEST.EVAL_PERIOD = 0
@@ -109,12 +111,43 @@ def run_variant(name: str, config: Path, args: argparse.Namespace) -> dict:
     return result
 
 
+def time_mask_branches(configs: dict[str, Path], args: argparse.Namespace) -> dict[str, float]:
+    """Median ms of the mask branch (pooling, mask head, rescoring) for ``--rois`` boxes on one image.
+
+    Variants are timed in interleaved rounds inside one process, so load from other jobs hits them alike.
+    """
+    torch.manual_seed(args.seed)
+    size = 256
+    models, features = {}, {}
+    for name, config in configs.items():
+        cfg = build_cfg(config, args, args.out / name)
+        model = build_model(cfg).eval()
+        models[name] = model
+        shapes = model.backbone.output_shape()
+        features[name] = {
+            f: torch.randn(1, shapes[f].channels, size // shapes[f].stride, size // shapes[f].stride)
+            for f in cfg.MODEL.ROI_HEADS.IN_FEATURES
+        }
+    xy = torch.rand(args.rois, 2) * (size - 64)
+    boxes = Boxes(torch.cat([xy, xy + 16 + torch.rand(args.rois, 2) * 48], dim=1))
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.no_grad():
+        for _ in tqdm(range(args.timing_rounds), desc="timing mask branches", unit="round"):
+            for name, model in models.items():
+                detections = Instances((size, size), pred_boxes=boxes, scores=torch.ones(args.rois))
+                detections.pred_classes = torch.arange(args.rois) % model.roi_heads.num_classes
+                start = time.perf_counter()
+                model.roi_heads._forward_mask(features[name], [detections])
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t[1:]) for name, t in times.items()}
+
+
 def format_table(results: list[dict]) -> str:
     """Markdown table; ratios are relative to the stock heads measured in the same run."""
     stock = next((r for r in results if r["variant"] == STOCK), None)
     lines = [
-        "| variant | box AP | mask AP | mask AP75 | train s/iter | infer ms/img | params (M) | mask head params (M) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | box AP | mask AP | mask AP75 | train s/iter | infer ms/img | params (M) | ROI heads (M) | mask head (M) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         def ratio(key: str, r: dict = r) -> str:
@@ -123,7 +156,7 @@ def format_table(results: list[dict]) -> str:
         lines.append(
             f"| {r['variant']} | {r['box_AP']:.1f} | {r['mask_AP']:.1f} | {r['mask_AP75']:.1f} "
             f"| {r['train_s_per_iter']:.2f}{ratio('train_s_per_iter')} | {r['infer_ms_per_image']:.0f}{ratio('infer_ms_per_image')} "
-            f"| {r['params_M']:.2f} | {r['mask_head_params_M']:.3f}{ratio('mask_head_params_M')} |"
+            f"| {r['params_M']:.2f} | {r['roi_heads_params_M']:.2f} | {r['mask_head_params_M']:.3f}{ratio('mask_head_params_M')} |"
         )
     return "\n".join(lines)
 
@@ -137,6 +170,8 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=0, help="evaluate on the first N images (0 = all)")
     parser.add_argument("--rerun", action="store_true", help="retrain variants that already have a result.json")
     parser.add_argument("--table-only", action="store_true", help="print the table from saved results")
+    parser.add_argument("--rois", type=int, default=50, help="boxes per image for the mask-branch timing")
+    parser.add_argument("--timing-rounds", type=int, default=30, help="interleaved rounds of mask-branch timing")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides applied to every variant")
     args = parser.parse_args()
     setup_logger(name="bench_heads")
@@ -161,6 +196,13 @@ def main() -> None:
     iters = sorted({r["iters"] for r in results})
     print(f"\nHead variants, {iters} iterations each, seed {args.seed} (CPU, {torch.get_num_threads()} threads)")
     print(format_table(results))
+    if args.timing_rounds:
+        branch_ms = time_mask_branches({name: configs[name] for name in names}, args)
+        stock_ms = branch_ms.get(STOCK)
+        print(f"\nMask branch only ({args.rois} boxes, 256x256 image, median of {args.timing_rounds} interleaved rounds)")
+        print("| variant | mask branch ms | vs stock |\n| --- | ---: | ---: |")
+        for name, ms in branch_ms.items():
+            print(f"| {name} | {ms:.1f} | {f'{ms / stock_ms:.2f}x' if stock_ms else '-'} |")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.export import TracingAdapter
 from detectron2.modeling import build_model
+from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -196,6 +197,8 @@ def test_variant_inference_returns_scored_instances(variant: str, pooler: str, f
     cfg = tiny_cfg(variant, "MODEL.MASKEXT.POOLER", pooler, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
     torch.manual_seed(0)
     model = build_model(cfg).eval()
+    poolers = [type(m).__name__ for m in model.modules() if isinstance(m, ROIPooler)]
+    assert set(poolers) == {"FusedROIPooler" if pooler == "fused" else "ROIPooler"}, poolers
     image = fixed_batch[0]["image"]
     with torch.no_grad():
         raw = model.inference([{"image": image}], do_postprocess=False)[0]

@@ -31,9 +31,8 @@ class LightMaskHead(MaskExtHead):
         self.blocks = nn.Sequential()
         channels = input_shape.channels
         for k in range(num_conv):
-            block = DepthwiseSeparableConv2d(
-                channels, conv_dim, norm1=conv_norm, activation1=nn.ReLU(), norm2=conv_norm, activation2=nn.ReLU()
-            )
+            # Xception-style: norm and ReLU after the pointwise conv only, half the per-pixel ops of MobileNet's.
+            block = DepthwiseSeparableConv2d(channels, conv_dim, norm2=conv_norm, activation2=nn.ReLU())
             self.blocks.add_module(f"dsconv{k + 1}", block)
             channels = conv_dim
         self.upsample = ConvTranspose2d(conv_dim, conv_dim, kernel_size=2, stride=2)

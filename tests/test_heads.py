@@ -190,6 +190,17 @@ def test_variant_trains_on_fixed_batch_with_decreasing_loss(variant: str, fixed_
         assert max(own[-2:]) < own[0], own
 
 
+def test_mask_scoring_composes_with_plugin_mask_heads(fixed_batch: list[dict]):
+    """MaskScoringROIHeads takes its mask loss from whichever head is configured (here the boundary head)."""
+    cfg = tiny_cfg("mask_scoring", "MODEL.ROI_MASK_HEAD.NAME", "BoundaryMaskHead", "MODEL.ROI_MASK_HEAD.LOSS.DICE_WEIGHT", "1.0")
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    with EventStorage():
+        losses = model(fixed_batch)
+    assert {"loss_maskiou", "loss_mask_dice", "loss_boundary_bce", "loss_boundary_dice"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
 # ---------------------------------------------------------------------------------------- inference
 @pytest.mark.parametrize("pooler", POOLERS)
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -18,10 +18,9 @@ import argparse
 from argparse import Namespace
 from dataclasses import replace
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.logger import setup_logger
 
-from d2_maskext.engine import Trainer, setup_cfg
+from d2_maskext.engine import SafeCheckpointer, Trainer, setup_cfg
 from d2_maskext.evaluation import ReportOptions, write_report, write_report_from_files
 
 
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             source = args.predictions
         else:
             source = Trainer.build_model(cfg)
-            DetectionCheckpointer(source).load(cfg.MODEL.WEIGHTS)
+            SafeCheckpointer.from_config(cfg, source).load(cfg.MODEL.WEIGHTS)
         report = write_report(
             cfg, source, dataset, args.output_dir, _options(ReportOptions.from_cfg(cfg), args)
         )

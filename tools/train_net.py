@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from argparse import Namespace
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
-from d2_maskext.engine import Trainer, setup_cfg
+from d2_maskext.engine import SafeCheckpointer, Trainer, setup_cfg
 
 
 def main(args: Namespace):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = SafeCheckpointer.from_config(cfg, model)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         verify_results(cfg, results)
         return results

@@ -36,7 +36,18 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
 
 
 class BatchPredictor(DefaultPredictor):
-    """Detectron2's ``DefaultPredictor`` (same weights loading and test-time resize) that also runs a batch."""
+    """Detectron2's ``DefaultPredictor`` (same test-time resize) that also runs a batch, and loads its
+    weights through ``SafeCheckpointer`` so an untrusted file cannot run code."""
+
+    def __init__(self, cfg: CfgNode):
+        from ..engine.checkpoint import SafeCheckpointer  # lazy: the engine imports this package
+
+        without_weights = cfg.clone()
+        without_weights.defrost()
+        without_weights.MODEL.WEIGHTS = ""
+        super().__init__(without_weights)
+        self.cfg = cfg.clone()
+        SafeCheckpointer.from_config(cfg, self.model).load(cfg.MODEL.WEIGHTS)
 
     def predict_batch(self, images_bgr: Sequence[np.ndarray]) -> list[dict]:
         """Model outputs for BGR uint8 images, in one forward pass."""

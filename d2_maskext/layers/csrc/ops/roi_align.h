@@ -1,0 +1,69 @@
+// d2_maskext::roi_align: multi-level RoIAlign with torchvision's semantics.
+//
+// One op serves both the single-map case (one feature level, `levels` undefined) and the fused FPN pooler
+// (one feature tensor per level, `levels[k]` = index of the level roi k is pooled from). Output row k is
+// roi k, so no gather/scatter is needed around the call.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <vector>
+
+namespace d2_maskext {
+
+at::Tensor roi_align(
+    at::TensorList features,
+    const at::Tensor& rois,
+    const std::optional<at::Tensor>& levels,
+    at::ArrayRef<double> spatial_scales,
+    c10::SymInt pooled_height,
+    c10::SymInt pooled_width,
+    int64_t sampling_ratio,
+    bool aligned);
+
+std::vector<at::Tensor> roi_align_backward(
+    const at::Tensor& grad,
+    const at::Tensor& rois,
+    const std::optional<at::Tensor>& levels,
+    at::ArrayRef<double> spatial_scales,
+    c10::SymInt pooled_height,
+    c10::SymInt pooled_width,
+    c10::SymInt batch_size,
+    c10::SymInt channels,
+    c10::SymIntArrayRef heights,
+    c10::SymIntArrayRef widths,
+    int64_t sampling_ratio,
+    bool aligned,
+    bool channels_last);
+
+namespace roi_align_detail {
+
+// Shape/dtype/device checks shared by every backend (Meta included), with the offending values in the
+// message. Data-dependent checks (finite boxes, batch indices) live in the kernels.
+void check_forward_inputs(
+    at::TensorList features,
+    const at::Tensor& rois,
+    const std::optional<at::Tensor>& levels,
+    at::ArrayRef<double> spatial_scales,
+    const c10::SymInt& pooled_height,
+    const c10::SymInt& pooled_width);
+
+void check_backward_inputs(
+    const at::Tensor& grad,
+    const at::Tensor& rois,
+    const std::optional<at::Tensor>& levels,
+    at::ArrayRef<double> spatial_scales,
+    const c10::SymInt& pooled_height,
+    const c10::SymInt& pooled_width,
+    c10::SymIntArrayRef heights,
+    c10::SymIntArrayRef widths);
+
+// The kernels pool channels-last maps in place when every level is channels-last; otherwise NCHW.
+bool use_channels_last(at::TensorList features);
+
+// Float type for coordinates and accumulation: double for float64 features, float otherwise.
+at::ScalarType accumulate_type(at::ScalarType feature_type);
+
+}  // namespace roi_align_detail
+}  // namespace d2_maskext

@@ -2,13 +2,14 @@
 //
 // RoIAlign is separable: out[c, ph, pw] = sum_y sum_x Wy[ph, y] * Wx[pw, x] * map[c, y, x], where
 // Wy/Wx are the bilinear weights of a bin's samples summed per pixel (and divided by the sample count).
-// Each roi's two small banded weight tables are built once; every channel then costs two short passes whose
-// inner loops run along the contiguous axis of the map (x for NCHW, channels for NHWC) and vectorize.
+// Each roi's two small banded weight tables are built once; pooling is then two short passes (over y,
+// then over x) whose inner loops run over channels, so they vectorize however small the roi is.
 //
+// Channels must be contiguous for that. NHWC maps are used as they are; NCHW maps are copied, 16 channels
+// at a time, into a small channel-interleaved tile covering the rois of one (image, level), and every
+// roi is pooled from that tile (the backward accumulates into such a tile and writes it out once).
 // Work is split into (image, channel chunk) tasks. A task owns its channels of the output and of the
-// gradient, so the backward needs no atomics, and adds rois in index order, so it is deterministic. For
-// NCHW maps a task walks channel blocks small enough to stay in L2 and pools every roi of that level from
-// them, so each map is read from memory about once instead of once per overlapping roi.
+// gradient, so the backward needs no atomics, and adds rois in a fixed order, so it is deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -35,8 +36,8 @@ namespace {
 using roi_align_detail::LevelTable;
 using roi_align_detail::RoiGeometry;
 
-// Bytes of NCHW planes a task keeps hot while it pools every roi of a level from them (about half of L2).
-constexpr int64_t kPlaneBlockBytes = 1 << 20;
+// Channels per NCHW tile: one 64-byte vector of float32 per pixel.
+constexpr int64_t kTileChannels = 16;
 
 // Summed bilinear weights of every bin of one roi along one axis, over the pixels the roi touches.
 template <typename acc_t>
@@ -117,23 +118,6 @@ inline void axpy(dst_t* __restrict__ dst, const src_t* __restrict__ src, acc_t w
   }
 }
 
-// NCHW rows are short (a roi spans a few dozen pixels), so they are processed in whole blocks of kBlock
-// values: fully vectorized, with no scalar tail. Callers make sure the extra values may be touched.
-constexpr int64_t kBlock = 16;
-
-inline int64_t round_up_to_block(int64_t n) {
-  return (n + kBlock - 1) / kBlock * kBlock;
-}
-
-template <typename dst_t, typename src_t, typename acc_t>
-inline void axpy_blocks(dst_t* __restrict__ dst, const src_t* __restrict__ src, acc_t w, int64_t n_blocked) {
-  for (int64_t i = 0; i < n_blocked; i += kBlock) {
-    for (int64_t j = 0; j < kBlock; ++j) {
-      dst[i + j] = static_cast<dst_t>(static_cast<acc_t>(dst[i + j]) + w * static_cast<acc_t>(src[i + j]));
-    }
-  }
-}
-
 // dst[x][0:inner] += w * src[x][0:inner] for `pixels` pixels, each side with its own pixel stride.
 template <typename dst_t, typename src_t, typename acc_t>
 inline void axpy_pixels(
@@ -147,38 +131,23 @@ inline void axpy_pixels(
   }
 }
 
-// How one image of one level is laid out: NCHW has a plane per channel and one value per pixel; NHWC one
-// plane whose pixels hold all channels. A channel range [c_begin, c_end) is then a range of planes (NCHW)
-// or a slice of every pixel (NHWC).
-template <bool kChannelsLast>
-struct MapLayout {
-  int64_t channels, height, width;
-  int64_t pixel_stride() const { return kChannelsLast ? channels : 1; }
-  int64_t plane_stride() const { return height * width; }
-  int64_t row_stride() const { return width * pixel_stride(); }
-  int64_t image_stride() const { return channels * height * width; }
-  int64_t planes(int64_t c_begin, int64_t c_end) const { return kChannelsLast ? 1 : c_end - c_begin; }
-  int64_t inner(int64_t c_begin, int64_t c_end) const { return kChannelsLast ? c_end - c_begin : 1; }
-  // Offset of plane `plane` of the range, at pixel (0, 0).
-  int64_t offset(int64_t c_begin, int64_t plane) const {
-    return kChannelsLast ? c_begin : (c_begin + plane) * plane_stride();
-  }
-  // Accumulators of one row of a roi spanning `extent` pixels (NCHW: rounded up to whole blocks).
-  int64_t row_scratch(int64_t extent, int64_t c_begin, int64_t c_end) const {
-    return kChannelsLast ? extent * inner(c_begin, c_end) : round_up_to_block(extent);
+// Pixels of one image of one level (or of a tile cut from it at `y_origin`, `x_origin`) whose first
+// `inner` values, from `data` on, are the channels a task works on.
+template <typename T>
+struct PixelView {
+  T* data;
+  int64_t row_stride, pixel_stride, y_origin, x_origin;
+  T* at(int64_t y, int64_t x) const {
+    return data + (y - y_origin) * row_stride + (x - x_origin) * pixel_stride;
   }
 };
 
-// Pools one roi for channels [c_begin, c_end) from `map` (its image on its level) into `out` ([C][PH][PW]).
-// `map_end` bounds the level's data (NCHW rows read whole blocks when they stay below it).
-// Scratch: `rows` holds layout.row_scratch() accumulators, `bin_sum` one per channel of the range.
-template <typename scalar_t, typename acc_t, bool kChannelsLast>
+// Pools one roi for `inner` channels from `map` into `out` ([inner][PH][PW], channel stride PH * PW).
+// Scratch: `rows` holds extent_x * inner accumulators, `bin_sum` inner ones.
+template <typename scalar_t, typename acc_t>
 D2MX_SIMD_CLONES void pool_roi(
-    const scalar_t* map,
-    const scalar_t* map_end,
-    MapLayout<kChannelsLast> layout,
-    int64_t c_begin,
-    int64_t c_end,
+    PixelView<const scalar_t> map,
+    int64_t inner,
     const AxisWeights<acc_t>& wy,
     const AxisWeights<acc_t>& wx,
     int64_t pooled_height,
@@ -186,114 +155,142 @@ D2MX_SIMD_CLONES void pool_roi(
     acc_t* __restrict__ rows,
     acc_t* __restrict__ bin_sum,
     scalar_t* __restrict__ out) {
-  const int64_t inner = layout.inner(c_begin, c_end);
-  const int64_t pixel_stride = layout.pixel_stride();
   const int64_t extent = wx.extent();
-  const int64_t run = layout.row_scratch(extent, c_begin, c_end);
   const int64_t bins = pooled_height * pooled_width;
   const int64_t y0 = wy.first();
   const int64_t x0 = wx.first();
-  for (int64_t plane = 0; plane < layout.planes(c_begin, c_end); ++plane) {
-    const scalar_t* src = map + layout.offset(c_begin, plane) + x0 * pixel_stride;
-    scalar_t* dst = out + (c_begin + plane) * bins;
-    for (int64_t ph = 0; ph < pooled_height; ++ph) {
-      // rows[x] = sum_y Wy[ph, y] * map[y, x] over the roi's x extent.
-      std::fill(rows, rows + run, acc_t(0));
-      const acc_t* w_y = wy.bin_weights(ph);
-      for (int64_t y = wy.bin_first(ph); y < wy.bin_last(ph); ++y) {
-        const scalar_t* row = src + y * layout.row_stride();
-        if constexpr (kChannelsLast) {
-          axpy_pixels(rows, inner, row, pixel_stride, w_y[y - y0], extent, inner);
-        } else if (row + run <= map_end) {
-          axpy_blocks(rows, row, w_y[y - y0], run);  // values past the extent are never read back
-        } else {
-          axpy(rows, row, w_y[y - y0], extent);
-        }
+  for (int64_t ph = 0; ph < pooled_height; ++ph) {
+    // rows[x] = sum_y Wy[ph, y] * map[y, x] over the roi's x extent.
+    std::fill(rows, rows + extent * inner, acc_t(0));
+    const acc_t* w_y = wy.bin_weights(ph);
+    for (int64_t y = wy.bin_first(ph); y < wy.bin_last(ph); ++y) {
+      axpy_pixels(rows, inner, map.at(y, x0), map.pixel_stride, w_y[y - y0], extent, inner);
+    }
+    // out[ph, pw] = sum_x Wx[pw, x] * rows[x] over the pixels of bin pw.
+    for (int64_t pw = 0; pw < pooled_width; ++pw) {
+      std::fill(bin_sum, bin_sum + inner, acc_t(0));
+      const acc_t* w_x = wx.bin_weights(pw);
+      for (int64_t x = wx.bin_first(pw); x < wx.bin_last(pw); ++x) {
+        axpy(bin_sum, rows + (x - x0) * inner, w_x[x - x0], inner);
       }
-      // out[ph, pw] = sum_x Wx[pw, x] * rows[x] over the pixels of bin pw.
-      for (int64_t pw = 0; pw < pooled_width; ++pw) {
-        const acc_t* w_x = wx.bin_weights(pw);
-        if constexpr (kChannelsLast) {
-          std::fill(bin_sum, bin_sum + inner, acc_t(0));
-          for (int64_t x = wx.bin_first(pw); x < wx.bin_last(pw); ++x) {
-            axpy(bin_sum, rows + (x - x0) * inner, w_x[x - x0], inner);
-          }
-          for (int64_t c = 0; c < inner; ++c) {
-            dst[c * bins + ph * pooled_width + pw] = static_cast<scalar_t>(bin_sum[c]);
-          }
-        } else {
-          acc_t sum = 0;
-          for (int64_t x = wx.bin_first(pw); x < wx.bin_last(pw); ++x) {
-            sum += w_x[x - x0] * rows[x - x0];
-          }
-          dst[ph * pooled_width + pw] = static_cast<scalar_t>(sum);
-        }
+      for (int64_t c = 0; c < inner; ++c) {
+        out[c * bins + ph * pooled_width + pw] = static_cast<scalar_t>(bin_sum[c]);
       }
     }
   }
 }
 
-// Adds one roi's gradient for channels [c_begin, c_end) into `grad_map` (its image on its level, in the
-// accumulator type). `grad_out` is the roi's [C][PH][PW] output gradient. Scratch as for pool_roi.
-template <typename scalar_t, typename acc_t, bool kChannelsLast>
+// Adds one roi's gradient for `inner` channels into `grad_map`; `grad_out` is laid out as `out` above.
+// Scratch as for pool_roi.
+template <typename scalar_t, typename acc_t>
 D2MX_SIMD_CLONES void unpool_roi(
-    const scalar_t* grad_out,
-    MapLayout<kChannelsLast> layout,
-    int64_t c_begin,
-    int64_t c_end,
+    const scalar_t* __restrict__ grad_out,
+    PixelView<acc_t> grad_map,
+    int64_t inner,
     const AxisWeights<acc_t>& wy,
     const AxisWeights<acc_t>& wx,
     int64_t pooled_height,
     int64_t pooled_width,
     acc_t* __restrict__ rows,
-    acc_t* __restrict__ bin_grad,
-    acc_t* grad_map) {
-  const int64_t inner = layout.inner(c_begin, c_end);
-  const int64_t pixel_stride = layout.pixel_stride();
+    acc_t* __restrict__ bin_grad) {
   const int64_t extent = wx.extent();
-  const int64_t run = layout.row_scratch(extent, c_begin, c_end);
   const int64_t bins = pooled_height * pooled_width;
   const int64_t y0 = wy.first();
   const int64_t x0 = wx.first();
-  for (int64_t plane = 0; plane < layout.planes(c_begin, c_end); ++plane) {
-    acc_t* plane_begin = grad_map + layout.offset(c_begin, plane);
-    const acc_t* plane_end = plane_begin + layout.plane_stride();
-    acc_t* dst = plane_begin + x0 * pixel_stride;
-    const scalar_t* go = grad_out + (c_begin + plane) * bins;
-    for (int64_t ph = 0; ph < pooled_height; ++ph) {
-      if (wy.bin_last(ph) <= wy.bin_first(ph)) {
-        continue;
+  for (int64_t ph = 0; ph < pooled_height; ++ph) {
+    if (wy.bin_last(ph) <= wy.bin_first(ph)) {
+      continue;
+    }
+    // rows[x] = sum_pw grad[ph, pw] * Wx[pw, x]; then map[y, x] += Wy[ph, y] * rows[x].
+    std::fill(rows, rows + extent * inner, acc_t(0));
+    for (int64_t pw = 0; pw < pooled_width; ++pw) {
+      for (int64_t c = 0; c < inner; ++c) {
+        bin_grad[c] = static_cast<acc_t>(grad_out[c * bins + ph * pooled_width + pw]);
       }
-      // rows[x] = sum_pw grad[ph, pw] * Wx[pw, x]; then map[y, x] += Wy[ph, y] * rows[x].
-      std::fill(rows, rows + run, acc_t(0));
-      for (int64_t pw = 0; pw < pooled_width; ++pw) {
-        const acc_t* w_x = wx.bin_weights(pw);
-        if constexpr (kChannelsLast) {
-          for (int64_t c = 0; c < inner; ++c) {
-            bin_grad[c] = static_cast<acc_t>(go[c * bins + ph * pooled_width + pw]);
-          }
-          for (int64_t x = wx.bin_first(pw); x < wx.bin_last(pw); ++x) {
-            axpy(rows + (x - x0) * inner, bin_grad, w_x[x - x0], inner);
-          }
-        } else {
-          const acc_t g = static_cast<acc_t>(go[ph * pooled_width + pw]);
-          for (int64_t x = wx.bin_first(pw); x < wx.bin_last(pw); ++x) {
-            rows[x - x0] += g * w_x[x - x0];
-          }
-        }
-      }
-      const acc_t* w_y = wy.bin_weights(ph);
-      for (int64_t y = wy.bin_first(ph); y < wy.bin_last(ph); ++y) {
-        acc_t* row = dst + y * layout.row_stride();
-        if constexpr (kChannelsLast) {
-          axpy_pixels(row, pixel_stride, rows, inner, w_y[y - y0], extent, inner);
-        } else if (row + run <= plane_end) {
-          axpy_blocks(row, rows, w_y[y - y0], run);  // rows past the extent are 0: those pixels keep their value
-        } else {
-          axpy(row, rows, w_y[y - y0], extent);
-        }
+      const acc_t* w_x = wx.bin_weights(pw);
+      for (int64_t x = wx.bin_first(pw); x < wx.bin_last(pw); ++x) {
+        axpy(rows + (x - x0) * inner, bin_grad, w_x[x - x0], inner);
       }
     }
+    const acc_t* w_y = wy.bin_weights(ph);
+    for (int64_t y = wy.bin_first(ph); y < wy.bin_last(ph); ++y) {
+      axpy_pixels(grad_map.at(y, x0), grad_map.pixel_stride, rows, inner, w_y[y - y0], extent, inner);
+    }
+  }
+}
+
+// A rectangle of pixels [y0, y1) x [x0, x1).
+struct Box {
+  int64_t y0 = 0, y1 = 0, x0 = 0, x1 = 0;
+  int64_t height() const { return y1 - y0; }
+  int64_t width() const { return x1 - x0; }
+};
+
+// out[j * out_stride + i] = in[i * in_stride + j] for i, j < count; a full kTileChannels square compiles to
+// vector shuffles.
+template <typename T>
+inline void transpose_square(const T* __restrict__ in, int64_t in_stride, T* __restrict__ out, int64_t out_stride) {
+  for (int64_t j = 0; j < kTileChannels; ++j) {
+    for (int64_t i = 0; i < kTileChannels; ++i) {
+      out[j * out_stride + i] = in[i * in_stride + j];
+    }
+  }
+}
+
+template <typename T>
+inline void transpose_rect(const T* in, int64_t in_stride, T* out, int64_t out_stride, int64_t rows, int64_t cols) {
+  for (int64_t j = 0; j < cols; ++j) {
+    for (int64_t i = 0; i < rows; ++i) {
+      out[j * out_stride + i] = in[i * in_stride + j];
+    }
+  }
+}
+
+// tile[y - box.y0][x - box.x0][c] = planes[c][y][x] over the box, for channels c < n.
+template <typename scalar_t>
+D2MX_SIMD_CLONES void gather_tile(
+    const scalar_t* __restrict__ planes, int64_t width, int64_t plane_stride, int64_t n, Box box,
+    scalar_t* __restrict__ tile) {
+  for (int64_t y = box.y0; y < box.y1; ++y) {
+    const scalar_t* src = planes + y * width + box.x0;
+    scalar_t* tile_row = tile + (y - box.y0) * box.width() * n;
+    int64_t x = 0;
+    if (n == kTileChannels) {
+      for (; x + kTileChannels <= box.width(); x += kTileChannels) {
+        transpose_square(src + x, plane_stride, tile_row + x * n, n);
+      }
+    }
+    transpose_rect(src + x, plane_stride, tile_row + x * n, n, n, box.width() - x);
+  }
+}
+
+// planes[c][y][x] = tile[y - box.y0][x - box.x0][c] inside the box and 0 elsewhere, for channels c < n.
+template <typename acc_t>
+D2MX_SIMD_CLONES void scatter_tile(
+    const acc_t* __restrict__ tile, Box box, int64_t n, int64_t height, int64_t width, int64_t plane_stride,
+    acc_t* __restrict__ planes) {
+  for (int64_t y = 0; y < height; ++y) {
+    for (int64_t c = 0; c < n; ++c) {
+      acc_t* dst = planes + c * plane_stride + y * width;
+      if (y < box.y0 || y >= box.y1) {
+        std::fill(dst, dst + width, acc_t(0));
+      } else {
+        std::fill(dst, dst + box.x0, acc_t(0));
+        std::fill(dst + box.x1, dst + width, acc_t(0));
+      }
+    }
+    if (y < box.y0 || y >= box.y1) {
+      continue;
+    }
+    const acc_t* tile_row = tile + (y - box.y0) * box.width() * n;
+    acc_t* dst = planes + y * width + box.x0;
+    int64_t x = 0;
+    if (n == kTileChannels) {
+      for (; x + kTileChannels <= box.width(); x += kTileChannels) {
+        transpose_square(tile_row + x * n, n, dst + x, plane_stride);
+      }
+    }
+    transpose_rect(tile_row + x * n, n, dst + x, plane_stride, box.width() - x, n);
   }
 }
 
@@ -303,13 +300,14 @@ struct PoolingParams {
 };
 
 // Everything about the rois that does not depend on the channel: their weight tables and their order
-// grouped by (image, level), ascending roi index within a group.
+// grouped by (image, level).
 template <typename acc_t>
 struct RoiPlan {
   std::vector<AxisWeights<acc_t>> wy, wx;
   std::vector<char> pooled;            // false: the roi's output is zero (and it has no gradient)
-  std::vector<int64_t> order;          // rois with pooled == true, grouped
+  std::vector<int64_t> order;          // rois with pooled == true, grouped, each group sorted by top row
   std::vector<int64_t> group_begin;    // group (image, level) is order[group_begin[g] : group_begin[g + 1]]
+  std::vector<Box> group_box;          // pixels the rois of a group touch
   int num_levels = 0;
 
   const int64_t* group(int64_t image, int level, int64_t* size) const {
@@ -377,16 +375,31 @@ RoiPlan<acc_t> plan_rois(const LevelTable<element_t>& table, const at::Tensor& r
       plan.order[fill[image[k] * table.num_levels + level[k]]++] = k;
     }
   }
+  plan.group_box.resize(groups);
+  for (int64_t g = 0; g < groups; ++g) {
+    // Top to bottom, so consecutive rois read (or write) neighbouring rows of a tile.
+    std::stable_sort(
+        plan.order.begin() + plan.group_begin[g], plan.order.begin() + plan.group_begin[g + 1],
+        [&](int64_t a, int64_t b) { return plan.wy[a].first() < plan.wy[b].first(); });
+    Box& box = plan.group_box[g];
+    for (int64_t i = plan.group_begin[g]; i < plan.group_begin[g + 1]; ++i) {
+      const int64_t k = plan.order[i];
+      const Box roi{plan.wy[k].first(), plan.wy[k].first() + plan.wy[k].extent(), plan.wx[k].first(),
+                    plan.wx[k].first() + plan.wx[k].extent()};
+      box = i == plan.group_begin[g] ? roi
+                                     : Box{std::min(box.y0, roi.y0), std::max(box.y1, roi.y1),
+                                           std::min(box.x0, roi.x0), std::max(box.x1, roi.x1)};
+    }
+  }
   return plan;
 }
 
-// Splits (image, channel) work into tasks: enough to keep every thread busy; NHWC chunks stay wide
-// enough to vectorize. Calls task(image, c_begin, c_end) in parallel.
-template <bool kChannelsLast, typename Task>
+// Splits (image, channel) work into tasks: enough to keep every thread busy, each at least a tile of
+// channels wide. Calls task(image, c_begin, c_end) in parallel.
+template <typename Task>
 void for_each_task(int64_t batch_size, int64_t channels, const Task& task) {
-  const int64_t min_chunk = kChannelsLast ? 16 : 1;
   const int64_t wanted = (4 * at::get_num_threads() + batch_size - 1) / std::max<int64_t>(batch_size, 1);
-  const int64_t chunks = std::max<int64_t>(1, std::min(wanted, channels / min_chunk));
+  const int64_t chunks = std::max<int64_t>(1, std::min(wanted, channels / kTileChannels));
   const int64_t chunk_size = std::max<int64_t>(1, (channels + chunks - 1) / chunks);
   at::parallel_for(0, batch_size * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
@@ -399,84 +412,101 @@ void for_each_task(int64_t batch_size, int64_t channels, const Task& task) {
   });
 }
 
-// Channels per block: NCHW blocks of planes that fit kPlaneBlockBytes; NHWC takes the chunk at once.
-template <bool kChannelsLast>
-int64_t channel_block(const MapLayout<kChannelsLast>& layout, int64_t element_size, int64_t chunk) {
-  if (kChannelsLast) {
-    return chunk;
-  }
-  return std::max<int64_t>(1, kPlaneBlockBytes / std::max<int64_t>(1, layout.plane_stride() * element_size));
-}
-
-template <typename scalar_t, bool kChannelsLast>
-void forward_impl(const LevelTable<const scalar_t>& table, int64_t channels, const at::Tensor& rois,
-                  const int64_t* levels, int64_t batch_size, const PoolingParams& p, at::Tensor& output) {
+template <typename scalar_t>
+void forward_impl(const LevelTable<const scalar_t>& table, int64_t channels, bool channels_last,
+                  const at::Tensor& rois, const int64_t* levels, int64_t batch_size, const PoolingParams& p,
+                  at::Tensor& output) {
   using acc_t = at::opmath_type<scalar_t>;
   const RoiPlan<acc_t> plan = plan_rois<acc_t>(table, rois, levels, batch_size, p);
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
-  const int64_t roi_numel = channels * p.pooled_height * p.pooled_width;
+  const int64_t bins = p.pooled_height * p.pooled_width;
+  const int64_t roi_numel = channels * bins;
   for (int64_t k = 0; k < rois.size(0); ++k) {
     if (!plan.pooled[k]) {
       std::fill(out + k * roi_numel, out + (k + 1) * roi_numel, scalar_t(0));
     }
   }
-  for_each_task<kChannelsLast>(batch_size, channels, [&](int64_t image, int64_t c_begin, int64_t c_end) {
+  for_each_task(batch_size, channels, [&](int64_t image, int64_t c_begin, int64_t c_end) {
+    thread_local std::vector<scalar_t> tile;  // kept between calls: a fresh one page-faults every time
     std::vector<acc_t> rows, bin_sum(c_end - c_begin);
+    // Pools every roi of the group from `view` into output channels [c, c + inner).
+    const auto pool_group = [&](const int64_t* group, int64_t count, PixelView<const scalar_t> view, int64_t c,
+                                int64_t inner) {
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t k = group[i];
+        rows.resize(plan.wx[k].extent() * inner);
+        pool_roi<scalar_t, acc_t>(
+            view, inner, plan.wy[k], plan.wx[k], p.pooled_height, p.pooled_width, rows.data(), bin_sum.data(),
+            out + k * roi_numel + c * bins);
+      }
+    };
     for (int level = 0; level < table.num_levels; ++level) {
       int64_t count = 0;
       const int64_t* group = plan.group(image, level, &count);
-      const MapLayout<kChannelsLast> layout{channels, table.height[level], table.width[level]};
-      const scalar_t* map = table.data[level] + image * layout.image_stride();
-      const scalar_t* map_end = table.data[level] + batch_size * layout.image_stride();
-      const int64_t block = channel_block(layout, sizeof(scalar_t), c_end - c_begin);
-      for (int64_t cb = c_begin; cb < c_end; cb += block) {
-        const int64_t ce = std::min(c_end, cb + block);
-        for (int64_t i = 0; i < count; ++i) {
-          const int64_t k = group[i];
-          rows.resize(layout.row_scratch(plan.wx[k].extent(), cb, ce));
-          pool_roi<scalar_t, acc_t, kChannelsLast>(
-              map, map_end, layout, cb, ce, plan.wy[k], plan.wx[k], p.pooled_height, p.pooled_width, rows.data(),
-              bin_sum.data(), out + k * roi_numel);
-        }
+      if (count == 0) {
+        continue;
+      }
+      const int64_t height = table.height[level];
+      const int64_t width = table.width[level];
+      const scalar_t* map = table.data[level] + image * channels * height * width;
+      if (channels_last) {
+        pool_group(group, count, {map + c_begin, width * channels, channels, 0, 0}, c_begin, c_end - c_begin);
+        continue;
+      }
+      const Box box = plan.group_box[image * table.num_levels + level];
+      for (int64_t c = c_begin; c < c_end; c += kTileChannels) {
+        const int64_t n = std::min(kTileChannels, c_end - c);
+        tile.resize(box.height() * box.width() * n);
+        gather_tile(map + c * height * width, width, height * width, n, box, tile.data());
+        pool_group(group, count, {tile.data(), box.width() * n, n, box.y0, box.x0}, c, n);
       }
     }
   });
 }
 
-template <typename scalar_t, bool kChannelsLast>
-void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const int64_t* levels,
+template <typename scalar_t>
+void backward_impl(const at::Tensor& grad, bool channels_last, const at::Tensor& rois, const int64_t* levels,
                    const LevelTable<at::opmath_type<scalar_t>>& grad_maps, int64_t batch_size, int64_t channels,
                    const PoolingParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const RoiPlan<acc_t> plan = plan_rois<acc_t>(grad_maps, rois, levels, batch_size, p);
   const scalar_t* go = grad.const_data_ptr<scalar_t>();
-  const int64_t roi_numel = channels * p.pooled_height * p.pooled_width;
-  for_each_task<kChannelsLast>(batch_size, channels, [&](int64_t image, int64_t c_begin, int64_t c_end) {
+  const int64_t bins = p.pooled_height * p.pooled_width;
+  const int64_t roi_numel = channels * bins;
+  for_each_task(batch_size, channels, [&](int64_t image, int64_t c_begin, int64_t c_end) {
+    thread_local std::vector<acc_t> tile;  // kept between calls: a fresh one page-faults every time
     std::vector<acc_t> rows, bin_grad(c_end - c_begin);
+    // Adds the gradient of every roi of the group, channels [c, c + inner), into `view`.
+    const auto unpool_group = [&](const int64_t* group, int64_t count, PixelView<acc_t> view, int64_t c,
+                                  int64_t inner) {
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t k = group[i];
+        rows.resize(plan.wx[k].extent() * inner);
+        unpool_roi<scalar_t, acc_t>(
+            go + k * roi_numel + c * bins, view, inner, plan.wy[k], plan.wx[k], p.pooled_height, p.pooled_width,
+            rows.data(), bin_grad.data());
+      }
+    };
     for (int level = 0; level < grad_maps.num_levels; ++level) {
       int64_t count = 0;
       const int64_t* group = plan.group(image, level, &count);
-      const MapLayout<kChannelsLast> layout{channels, grad_maps.height[level], grad_maps.width[level]};
-      acc_t* grad_map = grad_maps.data[level] + image * layout.image_stride();
-      const int64_t block = channel_block(layout, sizeof(acc_t), c_end - c_begin);
-      for (int64_t cb = c_begin; cb < c_end; cb += block) {
-        const int64_t ce = std::min(c_end, cb + block);
-        // This task's slice of the gradient starts at zero (zeroed here, while it is about to be used).
-        for (int64_t plane = 0; plane < layout.planes(cb, ce); ++plane) {
-          acc_t* slice = grad_map + layout.offset(cb, plane);
-          const int64_t pixels = kChannelsLast ? layout.height * layout.width : 1;
-          const int64_t width = kChannelsLast ? ce - cb : layout.plane_stride();
-          for (int64_t px = 0; px < pixels; ++px) {
-            std::fill(slice + px * layout.pixel_stride(), slice + px * layout.pixel_stride() + width, acc_t(0));
-          }
+      const int64_t height = grad_maps.height[level];
+      const int64_t width = grad_maps.width[level];
+      acc_t* grad_map = grad_maps.data[level] + image * channels * height * width;
+      if (channels_last) {
+        // This task's channel slice of every pixel starts at zero.
+        for (int64_t px = 0; px < height * width; ++px) {
+          std::fill(grad_map + px * channels + c_begin, grad_map + px * channels + c_end, acc_t(0));
         }
-        for (int64_t i = 0; i < count; ++i) {
-          const int64_t k = group[i];
-          rows.resize(layout.row_scratch(plan.wx[k].extent(), cb, ce));
-          unpool_roi<scalar_t, acc_t, kChannelsLast>(
-              go + k * roi_numel, layout, cb, ce, plan.wy[k], plan.wx[k], p.pooled_height, p.pooled_width,
-              rows.data(), bin_grad.data(), grad_map);
-        }
+        unpool_group(group, count, {grad_map + c_begin, width * channels, channels, 0, 0}, c_begin, c_end - c_begin);
+        continue;
+      }
+      const Box box = plan.group_box[image * grad_maps.num_levels + level];
+      for (int64_t c = c_begin; c < c_end; c += kTileChannels) {
+        const int64_t n = std::min(kTileChannels, c_end - c);
+        tile.assign(box.height() * box.width() * n, acc_t(0));
+        unpool_group(group, count, {tile.data(), box.width() * n, n, box.y0, box.x0}, c, n);
+        scatter_tile(tile.data(), box, n, height, width, height * width, grad_map + c * height * width);
       }
     }
   });
@@ -521,11 +551,7 @@ at::Tensor roi_align_forward_cpu(
       table.width[l] = maps[l].size(3);
       table.scale[l] = spatial_scales[l];
     }
-    if (channels_last) {
-      forward_impl<scalar_t, true>(table, channels, rois_acc, level_data, batch_size, params, output);
-    } else {
-      forward_impl<scalar_t, false>(table, channels, rois_acc, level_data, batch_size, params, output);
-    }
+    forward_impl<scalar_t>(table, channels, channels_last, rois_acc, level_data, batch_size, params, output);
   });
   return output;
 }
@@ -571,11 +597,7 @@ std::vector<at::Tensor> roi_align_backward_cpu(
       table.width[l] = widths[l];
       table.scale[l] = spatial_scales[l];
     }
-    if (channels_last) {
-      backward_impl<scalar_t, true>(grad_c, rois_acc, level_data, table, batch_size, channels, params);
-    } else {
-      backward_impl<scalar_t, false>(grad_c, rois_acc, level_data, table, batch_size, channels, params);
-    }
+    backward_impl<scalar_t>(grad_c, channels_last, rois_acc, level_data, table, batch_size, channels, params);
   });
   if (acc_type != grad.scalar_type()) {
     for (auto& g : grad_maps) {

@@ -104,6 +104,4 @@ def setup_cfg(args: Namespace) -> CfgNode:
     cfg.freeze()
     prepare_datasets(cfg)
     default_setup(cfg, args)
-    # default_setup configures the "detectron2" and "fvcore" loggers; the plugin's own messages need this one.
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2_maskext", abbrev_name="d2mx")
     return cfg

@@ -2,12 +2,13 @@
 """Train every head variant and the stock heads with one seed and schedule, then compare them.
 
 For each config in ``configs/synthetic/variants`` plus the stock base config: train ``--iters``
-iterations on ``maskext_synth_train`` from scratch, evaluate COCO box/mask AP on ``maskext_synth_val``
-and time inference image by image. Prints box AP, mask AP, mask AP75, training s/iter (median),
+iterations on ``maskext_synth_train`` (from scratch, or from a stock checkpoint with ``--weights``),
+evaluate COCO box/mask AP on ``maskext_synth_val`` and time inference image by image. Prints box AP, mask AP, mask AP75, training s/iter (median),
 inference ms/image (median), parameter counts, and ratios to stock. Each variant's numbers are saved
 to ``<out>/<variant>/result.json``, so an interrupted run resumes where it stopped.
 
     python benchmarks/bench_heads.py --iters 300 --out output/bench_heads
+    python benchmarks/bench_heads.py --iters 150 --weights output/demo/model_final.pth --out output/bench_heads_ft
     python benchmarks/bench_heads.py --out output/bench_heads --table-only
 """
 
@@ -55,6 +56,7 @@ def build_cfg(config: Path, args: argparse.Namespace, output_dir: Path) -> CfgNo
     cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, args.iters // 4)
     cfg.SOLVER.CHECKPOINT_PERIOD = args.iters + 1  # only the final model is saved
     cfg.TEST.EVAL_PERIOD = 0
+    cfg.MODEL.WEIGHTS = args.weights
     cfg.OUTPUT_DIR = str(output_dir)
     cfg.freeze()
     return cfg
@@ -101,6 +103,7 @@ def run_variant(name: str, config: Path, args: argparse.Namespace) -> dict:
         "variant": name,
         "config": str(config.relative_to(CONFIGS.parent.parent)),
         "iters": args.iters,
+        "init": args.weights or "scratch",
         "train_s_per_iter": statistics.median(step_times),
         "params_M": sum(p.numel() for p in trainer.model.parameters()) / 1e6,
         "roi_heads_params_M": sum(p.numel() for p in trainer.model.roi_heads.parameters()) / 1e6,
@@ -167,6 +170,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("output/bench_heads"))
     parser.add_argument("--variants", nargs="*", help=f"subset to run (default: all); '{STOCK}' is the baseline")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--weights",
+        default="",
+        help="start every variant from this stock checkpoint (shared layers load, new ones start fresh); "
+        "default: train from scratch",
+    )
     parser.add_argument("--eval-images", type=int, default=0, help="evaluate on the first N images (0 = all)")
     parser.add_argument("--rerun", action="store_true", help="retrain variants that already have a result.json")
     parser.add_argument("--table-only", action="store_true", help="print the table from saved results")
@@ -193,8 +202,8 @@ def main() -> None:
             logger.info("%s: training %d iterations", name, args.iters)
             results.append(run_variant(name, configs[name], args))
             logger.info("%s: %s", name, results[-1])
-    iters = sorted({r["iters"] for r in results})
-    print(f"\nHead variants, {iters} iterations each, seed {args.seed} (CPU, {torch.get_num_threads()} threads)")
+    schedules = sorted({f"{r['iters']} iterations from {r['init']}" for r in results})
+    print(f"\nHead variants, {'; '.join(schedules)}, seed {args.seed} (CPU, {torch.get_num_threads()} threads)")
     print(format_table(results))
     if args.timing_rounds:
         branch_ms = time_mask_branches({name: configs[name] for name in names}, args)

@@ -105,22 +105,30 @@ def test_gradcheck_float64(channels_last, sampling_ratio, aligned):
     assert torch.autograd.gradcheck(lambda t: roi_align(t, rois, (3, 2), 0.7, sampling_ratio, aligned), (x,))
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_backward_matches_torchvision_and_fallback(channels_last):
+@pytest.mark.parametrize(
+    ("channels_last", "batch", "channels"),
+    # 40 channels: 16-channel blocks plus a remainder; channels-last 4 x 16: each pixel's channels in one task.
+    [(False, 2, 40), (True, 2, 40), (True, 4, 16), (False, 1, 64)],
+)
+def test_backward_matches_torchvision_and_fallback(channels_last, batch, channels):
     g = torch.Generator().manual_seed(6)
-    base = torch.randn(2, 40, 15, 18, generator=g, dtype=torch.float64)
-    rois = random_rois(g, 50, 2, 30.0)
-    grad = torch.randn(50, 40, 5, 4, generator=g, dtype=torch.float64)
-    results = []
+    base = torch.randn(batch, channels, 15, 18, generator=g, dtype=torch.float64)
+    rois = random_rois(g, 50, batch, 30.0)
+    grad = torch.randn(50, channels, 5, 4, generator=g, dtype=torch.float64)
+    outputs, grads = [], []
     for fn in (roi_align, tv_roi_align, single_level_reference):
         x = base.clone()
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(True)
-        (fn(x, rois, (5, 4), 0.5, 0, True) * grad).sum().backward()
-        results.append(x.grad)
-    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(results[2], results[1], rtol=1e-10, atol=1e-12)
+        out = fn(x, rois, (5, 4), 0.5, 0, True)
+        (out * grad).sum().backward()
+        outputs.append(out)
+        grads.append(x.grad)
+    for ours in (outputs[0], outputs[2]):
+        torch.testing.assert_close(ours, outputs[1], rtol=1e-10, atol=1e-12)
+    for ours in (grads[0], grads[2]):
+        torch.testing.assert_close(ours, grads[1], rtol=1e-10, atol=1e-12)
 
 
 def test_backward_is_deterministic_across_thread_counts():

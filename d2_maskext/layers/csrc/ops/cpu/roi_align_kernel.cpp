@@ -94,6 +94,15 @@ class AxisWeights {
         row[x - first_] *= inv_grid;
       }
     }
+    // Bins each pixel belongs to (a contiguous range: bins tile the roi in order).
+    pixel_bin_first_.assign(extent_, bins);
+    pixel_bin_last_.assign(extent_, 0);
+    for (int64_t p = 0; p < bins; ++p) {
+      for (int64_t x = bin_first_[p]; x < bin_last_[p]; ++x) {
+        pixel_bin_first_[x - first_] = std::min(pixel_bin_first_[x - first_], p);
+        pixel_bin_last_[x - first_] = std::max(pixel_bin_last_[x - first_], p + 1);
+      }
+    }
     return true;
   }
 
@@ -103,31 +112,80 @@ class AxisWeights {
   int64_t bin_last(int64_t p) const { return bin_last_[p]; }
   // Weight of pixel `x` (absolute index, within [bin_first(p), bin_last(p))) is bin_weights(p)[x - first()].
   const acc_t* bin_weights(int64_t p) const { return weights_.data() + p * extent_; }
+  acc_t weight(int64_t p, int64_t x) const { return weights_[p * extent_ + x - first_]; }
+  // Bins [pixel_bin_first(x), pixel_bin_last(x)) read pixel `x` (absolute index within the extent).
+  int64_t pixel_bin_first(int64_t x) const { return pixel_bin_first_[x - first_]; }
+  int64_t pixel_bin_last(int64_t x) const { return pixel_bin_last_[x - first_]; }
 
  private:
-  std::vector<int64_t> sample_first_, sample_last_, bin_first_, bin_last_;
+  std::vector<int64_t> sample_first_, sample_last_, bin_first_, bin_last_, pixel_bin_first_, pixel_bin_last_;
   std::vector<acc_t> weights_;
   int64_t first_ = 0;
   int64_t extent_ = 0;
 };
 
-template <typename dst_t, typename src_t, typename acc_t>
-inline void axpy(dst_t* __restrict__ dst, const src_t* __restrict__ src, acc_t w, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    dst[i] = static_cast<dst_t>(static_cast<acc_t>(dst[i]) + w * static_cast<acc_t>(src[i]));
+// Sums run over kChunk values at a time (four 64-byte vectors of float32), then kVector, accumulated in
+// registers; widths are compile-time constants so the loops vectorize fully. A shorter tail uses `width`.
+constexpr int64_t kVector = 16;
+constexpr int64_t kChunk = 4 * kVector;
+
+template <int64_t kWidth, bool kAdd, typename acc_t, typename dst_t, typename Weight, typename Source>
+inline void weighted_block(dst_t* __restrict__ dst, int64_t width, int64_t first, int64_t last, const Weight& weight,
+                           const Source& source) {
+  const int64_t n = kWidth > 0 ? kWidth : width;
+  acc_t acc[kWidth > 0 ? kWidth : kVector] = {};
+  for (int64_t i = first; i < last; ++i) {
+    const acc_t w = weight(i);
+    const auto* __restrict__ src = source(i);
+    for (int64_t j = 0; j < n; ++j) {
+      acc[j] += w * static_cast<acc_t>(src[j]);
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    dst[j] = kAdd ? dst[j] + acc[j] : acc[j];
   }
 }
 
-// dst[x][0:inner] += w * src[x][0:inner] for `pixels` pixels, each side with its own pixel stride.
-template <typename dst_t, typename src_t, typename acc_t>
-inline void axpy_pixels(
-    dst_t* dst, int64_t dst_stride, const src_t* src, int64_t src_stride, acc_t w, int64_t pixels, int64_t inner) {
-  if (dst_stride == inner && src_stride == inner) {
-    axpy(dst, src, w, pixels * inner);
-    return;
+// dst[0:n] = (kAdd ? dst[0:n] : 0) + sum_{i in [first, last)} weight(i) * source(i)[0:n].
+template <bool kAdd, typename acc_t, typename dst_t, typename Weight, typename Source>
+inline void weighted_run(dst_t* dst, int64_t n, int64_t first, int64_t last, const Weight& weight,
+                         const Source& source) {
+  int64_t c = 0;
+  const auto from = [&](int64_t offset) { return [&source, offset](int64_t i) { return source(i) + offset; }; };
+  for (; c + kChunk <= n; c += kChunk) {
+    weighted_block<kChunk, kAdd, acc_t>(dst + c, kChunk, first, last, weight, from(c));
   }
-  for (int64_t x = 0; x < pixels; ++x) {
-    axpy(dst + x * dst_stride, src + x * src_stride, w, inner);
+  for (; c + kVector <= n; c += kVector) {
+    weighted_block<kVector, kAdd, acc_t>(dst + c, kVector, first, last, weight, from(c));
+  }
+  if (c < n) {
+    weighted_block<0, kAdd, acc_t>(dst + c, n - c, first, last, weight, from(c));
+  }
+}
+
+// out[j * out_stride + i] = in[i * in_stride + j] for i < rows, j < cols, in kVector squares (which
+// compile to vector shuffles) and a remainder.
+template <typename In, typename Out>
+inline void transpose(const In* __restrict__ in, int64_t in_stride, Out* __restrict__ out, int64_t out_stride,
+                      int64_t rows, int64_t cols) {
+  for (int64_t i0 = 0; i0 < rows; i0 += kVector) {
+    for (int64_t j0 = 0; j0 < cols; j0 += kVector) {
+      const In* src = in + i0 * in_stride + j0;
+      Out* dst = out + j0 * out_stride + i0;
+      if (i0 + kVector <= rows && j0 + kVector <= cols) {
+        for (int64_t j = 0; j < kVector; ++j) {
+          for (int64_t i = 0; i < kVector; ++i) {
+            dst[j * out_stride + i] = static_cast<Out>(src[i * in_stride + j]);
+          }
+        }
+      } else {
+        for (int64_t j = 0; j < std::min(kVector, cols - j0); ++j) {
+          for (int64_t i = 0; i < std::min(kVector, rows - i0); ++i) {
+            dst[j * out_stride + i] = static_cast<Out>(src[i * in_stride + j]);
+          }
+        }
+      }
+    }
   }
 }
 
@@ -142,8 +200,14 @@ struct PixelView {
   }
 };
 
-// Pools one roi for `inner` channels from `map` into `out` ([inner][PH][PW], channel stride PH * PW).
-// Scratch: `rows` holds extent_x * inner accumulators, `bin_sum` inner ones.
+// Scratch of one task, reused from roi to roi.
+template <typename acc_t>
+struct Scratch {
+  std::vector<acc_t> rows, bins;
+};
+
+// Pools one roi for `inner` channels from `map` into `out` ([inner][PH][PW], channel stride PH * PW):
+// rows[x] = sum_y Wy[ph, y] * map[y, x] over the roi's x extent, then bin[ph, pw] = sum_x Wx[pw, x] * rows[x].
 template <typename scalar_t, typename acc_t>
 D2MX_SIMD_CLONES void pool_roi(
     PixelView<const scalar_t> map,
@@ -152,36 +216,37 @@ D2MX_SIMD_CLONES void pool_roi(
     const AxisWeights<acc_t>& wx,
     int64_t pooled_height,
     int64_t pooled_width,
-    acc_t* __restrict__ rows,
-    acc_t* __restrict__ bin_sum,
+    Scratch<acc_t>& scratch,
     scalar_t* __restrict__ out) {
   const int64_t extent = wx.extent();
-  const int64_t bins = pooled_height * pooled_width;
-  const int64_t y0 = wy.first();
   const int64_t x0 = wx.first();
+  const int64_t bins = pooled_height * pooled_width;
+  scratch.rows.resize(extent * inner);
+  scratch.bins.resize(bins * inner);
+  acc_t* rows = scratch.rows.data();  // [x][channel]
+  acc_t* bin_values = scratch.bins.data();  // [bin][channel]
   for (int64_t ph = 0; ph < pooled_height; ++ph) {
-    // rows[x] = sum_y Wy[ph, y] * map[y, x] over the roi's x extent.
-    std::fill(rows, rows + extent * inner, acc_t(0));
-    const acc_t* w_y = wy.bin_weights(ph);
-    for (int64_t y = wy.bin_first(ph); y < wy.bin_last(ph); ++y) {
-      axpy_pixels(rows, inner, map.at(y, x0), map.pixel_stride, w_y[y - y0], extent, inner);
+    const auto w_y = [&](int64_t y) { return wy.weight(ph, y); };
+    if (map.pixel_stride == inner) {  // the roi's pixels of a row are one contiguous run
+      weighted_run<false, acc_t>(
+          rows, extent * inner, wy.bin_first(ph), wy.bin_last(ph), w_y, [&](int64_t y) { return map.at(y, x0); });
+    } else {
+      for (int64_t x = 0; x < extent; ++x) {
+        weighted_run<false, acc_t>(rows + x * inner, inner, wy.bin_first(ph), wy.bin_last(ph), w_y,
+                                   [&](int64_t y) { return map.at(y, x0 + x); });
+      }
     }
-    // out[ph, pw] = sum_x Wx[pw, x] * rows[x] over the pixels of bin pw.
     for (int64_t pw = 0; pw < pooled_width; ++pw) {
-      std::fill(bin_sum, bin_sum + inner, acc_t(0));
-      const acc_t* w_x = wx.bin_weights(pw);
-      for (int64_t x = wx.bin_first(pw); x < wx.bin_last(pw); ++x) {
-        axpy(bin_sum, rows + (x - x0) * inner, w_x[x - x0], inner);
-      }
-      for (int64_t c = 0; c < inner; ++c) {
-        out[c * bins + ph * pooled_width + pw] = static_cast<scalar_t>(bin_sum[c]);
-      }
+      weighted_run<false, acc_t>(
+          bin_values + (ph * pooled_width + pw) * inner, inner, wx.bin_first(pw), wx.bin_last(pw),
+          [&](int64_t x) { return wx.weight(pw, x); }, [&](int64_t x) { return rows + (x - x0) * inner; });
     }
   }
+  transpose(bin_values, inner, out, bins, bins, inner);
 }
 
-// Adds one roi's gradient for `inner` channels into `grad_map`; `grad_out` is laid out as `out` above.
-// Scratch as for pool_roi.
+// Adds one roi's gradient for `inner` channels into `grad_map`; `grad_out` is laid out as `out` above:
+// rows[ph, x] = sum_pw grad[ph, pw] * Wx[pw, x], then map[y, x] += sum_ph Wy[ph, y] * rows[ph, x].
 template <typename scalar_t, typename acc_t>
 D2MX_SIMD_CLONES void unpool_roi(
     const scalar_t* __restrict__ grad_out,
@@ -191,30 +256,37 @@ D2MX_SIMD_CLONES void unpool_roi(
     const AxisWeights<acc_t>& wx,
     int64_t pooled_height,
     int64_t pooled_width,
-    acc_t* __restrict__ rows,
-    acc_t* __restrict__ bin_grad) {
+    Scratch<acc_t>& scratch) {
   const int64_t extent = wx.extent();
-  const int64_t bins = pooled_height * pooled_width;
-  const int64_t y0 = wy.first();
   const int64_t x0 = wx.first();
+  const int64_t bins = pooled_height * pooled_width;
+  scratch.rows.resize(pooled_height * extent * inner);
+  scratch.bins.resize(bins * inner);
+  acc_t* rows = scratch.rows.data();  // [ph][x][channel]
+  acc_t* bin_grads = scratch.bins.data();  // [bin][channel]
+  transpose(grad_out, bins, bin_grads, inner, inner, bins);
   for (int64_t ph = 0; ph < pooled_height; ++ph) {
     if (wy.bin_last(ph) <= wy.bin_first(ph)) {
+      std::fill(rows + ph * extent * inner, rows + (ph + 1) * extent * inner, acc_t(0));  // reads no pixel row
       continue;
     }
-    // rows[x] = sum_pw grad[ph, pw] * Wx[pw, x]; then map[y, x] += Wy[ph, y] * rows[x].
-    std::fill(rows, rows + extent * inner, acc_t(0));
-    for (int64_t pw = 0; pw < pooled_width; ++pw) {
-      for (int64_t c = 0; c < inner; ++c) {
-        bin_grad[c] = static_cast<acc_t>(grad_out[c * bins + ph * pooled_width + pw]);
-      }
-      const acc_t* w_x = wx.bin_weights(pw);
-      for (int64_t x = wx.bin_first(pw); x < wx.bin_last(pw); ++x) {
-        axpy(rows + (x - x0) * inner, bin_grad, w_x[x - x0], inner);
-      }
+    for (int64_t x = x0; x < x0 + extent; ++x) {
+      weighted_run<false, acc_t>(
+          rows + (ph * extent + x - x0) * inner, inner, wx.pixel_bin_first(x), wx.pixel_bin_last(x),
+          [&](int64_t pw) { return wx.weight(pw, x); },
+          [&](int64_t pw) { return bin_grads + (ph * pooled_width + pw) * inner; });
     }
-    const acc_t* w_y = wy.bin_weights(ph);
-    for (int64_t y = wy.bin_first(ph); y < wy.bin_last(ph); ++y) {
-      axpy_pixels(grad_map.at(y, x0), grad_map.pixel_stride, rows, inner, w_y[y - y0], extent, inner);
+  }
+  for (int64_t y = wy.first(); y < wy.first() + wy.extent(); ++y) {
+    const auto w_y = [&](int64_t ph) { return wy.weight(ph, y); };
+    if (grad_map.pixel_stride == inner) {  // the roi's pixels of a row are one contiguous run
+      weighted_run<true, acc_t>(grad_map.at(y, x0), extent * inner, wy.pixel_bin_first(y), wy.pixel_bin_last(y), w_y,
+                                [&](int64_t ph) { return rows + ph * extent * inner; });
+    } else {
+      for (int64_t x = 0; x < extent; ++x) {
+        weighted_run<true, acc_t>(grad_map.at(y, x0 + x), inner, wy.pixel_bin_first(y), wy.pixel_bin_last(y), w_y,
+                                  [&](int64_t ph) { return rows + (ph * extent + x) * inner; });
+      }
     }
   }
 }
@@ -226,41 +298,13 @@ struct Box {
   int64_t width() const { return x1 - x0; }
 };
 
-// out[j * out_stride + i] = in[i * in_stride + j] for i, j < count; a full kTileChannels square compiles to
-// vector shuffles.
-template <typename T>
-inline void transpose_square(const T* __restrict__ in, int64_t in_stride, T* __restrict__ out, int64_t out_stride) {
-  for (int64_t j = 0; j < kTileChannels; ++j) {
-    for (int64_t i = 0; i < kTileChannels; ++i) {
-      out[j * out_stride + i] = in[i * in_stride + j];
-    }
-  }
-}
-
-template <typename T>
-inline void transpose_rect(const T* in, int64_t in_stride, T* out, int64_t out_stride, int64_t rows, int64_t cols) {
-  for (int64_t j = 0; j < cols; ++j) {
-    for (int64_t i = 0; i < rows; ++i) {
-      out[j * out_stride + i] = in[i * in_stride + j];
-    }
-  }
-}
-
 // tile[y - box.y0][x - box.x0][c] = planes[c][y][x] over the box, for channels c < n.
 template <typename scalar_t>
 D2MX_SIMD_CLONES void gather_tile(
     const scalar_t* __restrict__ planes, int64_t width, int64_t plane_stride, int64_t n, Box box,
     scalar_t* __restrict__ tile) {
   for (int64_t y = box.y0; y < box.y1; ++y) {
-    const scalar_t* src = planes + y * width + box.x0;
-    scalar_t* tile_row = tile + (y - box.y0) * box.width() * n;
-    int64_t x = 0;
-    if (n == kTileChannels) {
-      for (; x + kTileChannels <= box.width(); x += kTileChannels) {
-        transpose_square(src + x, plane_stride, tile_row + x * n, n);
-      }
-    }
-    transpose_rect(src + x, plane_stride, tile_row + x * n, n, n, box.width() - x);
+    transpose(planes + y * width + box.x0, plane_stride, tile + (y - box.y0) * box.width() * n, n, n, box.width());
   }
 }
 
@@ -270,27 +314,17 @@ D2MX_SIMD_CLONES void scatter_tile(
     const acc_t* __restrict__ tile, Box box, int64_t n, int64_t height, int64_t width, int64_t plane_stride,
     acc_t* __restrict__ planes) {
   for (int64_t y = 0; y < height; ++y) {
+    const bool in_box = y >= box.y0 && y < box.y1;
     for (int64_t c = 0; c < n; ++c) {
       acc_t* dst = planes + c * plane_stride + y * width;
-      if (y < box.y0 || y >= box.y1) {
-        std::fill(dst, dst + width, acc_t(0));
-      } else {
-        std::fill(dst, dst + box.x0, acc_t(0));
+      std::fill(dst, dst + (in_box ? box.x0 : width), acc_t(0));
+      if (in_box) {
         std::fill(dst + box.x1, dst + width, acc_t(0));
       }
     }
-    if (y < box.y0 || y >= box.y1) {
-      continue;
+    if (in_box) {
+      transpose(tile + (y - box.y0) * box.width() * n, n, planes + y * width + box.x0, plane_stride, box.width(), n);
     }
-    const acc_t* tile_row = tile + (y - box.y0) * box.width() * n;
-    acc_t* dst = planes + y * width + box.x0;
-    int64_t x = 0;
-    if (n == kTileChannels) {
-      for (; x + kTileChannels <= box.width(); x += kTileChannels) {
-        transpose_square(tile_row + x * n, n, dst + x, plane_stride);
-      }
-    }
-    transpose_rect(tile_row + x * n, n, dst + x, plane_stride, box.width() - x, n);
   }
 }
 
@@ -428,15 +462,14 @@ void forward_impl(const LevelTable<const scalar_t>& table, int64_t channels, boo
   }
   for_each_task(batch_size, channels, [&](int64_t image, int64_t c_begin, int64_t c_end) {
     thread_local std::vector<scalar_t> tile;  // kept between calls: a fresh one page-faults every time
-    std::vector<acc_t> rows, bin_sum(c_end - c_begin);
+    Scratch<acc_t> scratch;
     // Pools every roi of the group from `view` into output channels [c, c + inner).
     const auto pool_group = [&](const int64_t* group, int64_t count, PixelView<const scalar_t> view, int64_t c,
                                 int64_t inner) {
       for (int64_t i = 0; i < count; ++i) {
         const int64_t k = group[i];
-        rows.resize(plan.wx[k].extent() * inner);
         pool_roi<scalar_t, acc_t>(
-            view, inner, plan.wy[k], plan.wx[k], p.pooled_height, p.pooled_width, rows.data(), bin_sum.data(),
+            view, inner, plan.wy[k], plan.wx[k], p.pooled_height, p.pooled_width, scratch,
             out + k * roi_numel + c * bins);
       }
     };
@@ -475,16 +508,15 @@ void backward_impl(const at::Tensor& grad, bool channels_last, const at::Tensor&
   const int64_t roi_numel = channels * bins;
   for_each_task(batch_size, channels, [&](int64_t image, int64_t c_begin, int64_t c_end) {
     thread_local std::vector<acc_t> tile;  // kept between calls: a fresh one page-faults every time
-    std::vector<acc_t> rows, bin_grad(c_end - c_begin);
+    Scratch<acc_t> scratch;
     // Adds the gradient of every roi of the group, channels [c, c + inner), into `view`.
     const auto unpool_group = [&](const int64_t* group, int64_t count, PixelView<acc_t> view, int64_t c,
                                   int64_t inner) {
       for (int64_t i = 0; i < count; ++i) {
         const int64_t k = group[i];
-        rows.resize(plan.wx[k].extent() * inner);
         unpool_roi<scalar_t, acc_t>(
             go + k * roi_numel + c * bins, view, inner, plan.wy[k], plan.wx[k], p.pooled_height, p.pooled_width,
-            rows.data(), bin_grad.data());
+            scratch);
       }
     };
     for (int level = 0; level < grad_maps.num_levels; ++level) {

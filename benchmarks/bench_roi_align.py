@@ -9,6 +9,7 @@ iteration of the demo config with MODEL.MASKEXT.POOLER stock vs fused (same seed
 
     python benchmarks/bench_roi_align.py                  # CPU table + training iterations
     python benchmarks/bench_roi_align.py --device cuda --skip-training
+    python benchmarks/bench_roi_align.py --threads 1 --skip-training   # single-threaded, like torchvision's kernel
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ def print_case_table(rows: list[dict], device: torch.device) -> None:
 def bench_training(iterations: int, warmup: int) -> None:
     """Seconds per training iteration of the demo config, stock vs fused pooler, on identical batches."""
     from detectron2.config import get_cfg
+    from detectron2.utils.events import EventStorage
 
     from d2_maskext import add_maskext_config
     from d2_maskext.engine.trainer import Trainer
@@ -168,15 +170,16 @@ def bench_training(iterations: int, warmup: int) -> None:
         model.train()
         optimizer = Trainer.build_optimizer(cfg, model)
         times, losses = [], []
-        for i, batch in enumerate(batches):
-            start = time.perf_counter()
-            loss = sum(model(batch).values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-            losses.append(float(loss))
+        with EventStorage(0):
+            for i, batch in enumerate(batches):
+                start = time.perf_counter()
+                loss = sum(model(batch).values())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+                losses.append(float(loss))
         results[pooler] = (statistics.mean(times), losses[-1])
         print(
             f"  training, POOLER {pooler}: {results[pooler][0]:.3f} s/iter (last loss {losses[-1]:.4f})",
@@ -198,6 +201,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds of repeated calls per timing")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--train-iters", type=int, default=5)
@@ -205,6 +209,8 @@ def main() -> None:
     args = parser.parse_args()
     if not HAS_C_EXT:
         raise SystemExit("d2_maskext._C is not built; this benchmark measures the compiled op")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print_case_table(bench_cases(device, args.min_time), device)
     if not args.skip_training:

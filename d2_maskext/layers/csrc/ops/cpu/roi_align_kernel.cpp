@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <vector>
 
@@ -28,6 +29,12 @@
 #define D2MX_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define D2MX_SIMD_CLONES
+#endif
+// Helpers called from those loops are inlined into them, so they are compiled for the same instruction set.
+#if defined(__GNUC__)
+#define D2MX_INLINE inline __attribute__((always_inline))
+#else
+#define D2MX_INLINE inline
 #endif
 
 namespace d2_maskext {
@@ -130,7 +137,7 @@ constexpr int64_t kVector = 16;
 constexpr int64_t kChunk = 4 * kVector;
 
 template <int64_t kWidth, bool kAdd, typename acc_t, typename dst_t, typename Weight, typename Source>
-inline void weighted_block(dst_t* __restrict__ dst, int64_t width, int64_t first, int64_t last, const Weight& weight,
+D2MX_INLINE void weighted_block(dst_t* __restrict__ dst, int64_t width, int64_t first, int64_t last, const Weight& weight,
                            const Source& source) {
   const int64_t n = kWidth > 0 ? kWidth : width;
   acc_t acc[kWidth > 0 ? kWidth : kVector] = {};
@@ -148,7 +155,7 @@ inline void weighted_block(dst_t* __restrict__ dst, int64_t width, int64_t first
 
 // dst[0:n] = (kAdd ? dst[0:n] : 0) + sum_{i in [first, last)} weight(i) * source(i)[0:n].
 template <bool kAdd, typename acc_t, typename dst_t, typename Weight, typename Source>
-inline void weighted_run(dst_t* dst, int64_t n, int64_t first, int64_t last, const Weight& weight,
+D2MX_INLINE void weighted_run(dst_t* dst, int64_t n, int64_t first, int64_t last, const Weight& weight,
                          const Source& source) {
   int64_t c = 0;
   const auto from = [&](int64_t offset) { return [&source, offset](int64_t i) { return source(i) + offset; }; };
@@ -166,7 +173,7 @@ inline void weighted_run(dst_t* dst, int64_t n, int64_t first, int64_t last, con
 // out[j * out_stride + i] = in[i * in_stride + j] for i < rows, j < cols, in kVector squares (which
 // compile to vector shuffles) and a remainder.
 template <typename In, typename Out>
-inline void transpose(const In* __restrict__ in, int64_t in_stride, Out* __restrict__ out, int64_t out_stride,
+D2MX_INLINE void transpose(const In* __restrict__ in, int64_t in_stride, Out* __restrict__ out, int64_t out_stride,
                       int64_t rows, int64_t cols) {
   for (int64_t i0 = 0; i0 < rows; i0 += kVector) {
     for (int64_t j0 = 0; j0 < cols; j0 += kVector) {
@@ -428,20 +435,18 @@ RoiPlan<acc_t> plan_rois(const LevelTable<element_t>& table, const at::Tensor& r
   return plan;
 }
 
-// Splits (image, channel) work into tasks: enough to keep every thread busy, each at least a tile of
-// channels wide. Calls task(image, c_begin, c_end) in parallel.
+// Runs task(image, c_begin, c_end) for every image and every tile-wide channel chunk. Threads pull tasks
+// from a shared counter rather than taking fixed halves, so a thread slowed down by other processes on the
+// machine does not hold the others up; results do not depend on which thread runs a task.
 template <typename Task>
 void for_each_task(int64_t batch_size, int64_t channels, const Task& task) {
-  const int64_t wanted = (4 * at::get_num_threads() + batch_size - 1) / std::max<int64_t>(batch_size, 1);
-  const int64_t chunks = std::max<int64_t>(1, std::min(wanted, channels / kTileChannels));
-  const int64_t chunk_size = std::max<int64_t>(1, (channels + chunks - 1) / chunks);
-  at::parallel_for(0, batch_size * chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t c_begin = (t % chunks) * chunk_size;
-      const int64_t c_end = std::min(channels, c_begin + chunk_size);
-      if (c_begin < c_end) {
-        task(t / chunks, c_begin, c_end);
-      }
+  const int64_t chunks = std::max<int64_t>(1, (channels + kTileChannels - 1) / kTileChannels);
+  const int64_t total = batch_size * chunks;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), total), 1, [&](int64_t, int64_t) {
+    for (int64_t t = next++; t < total; t = next++) {
+      const int64_t c_begin = (t % chunks) * kTileChannels;
+      task(t / chunks, c_begin, std::min(channels, c_begin + kTileChannels));
     }
   });
 }

@@ -29,6 +29,7 @@ from ..data import prepare_datasets
 from ..data.mappers import build_mapper
 from ..evaluation import build_evaluator
 from .checkpoint import SafeCheckpointer
+from .cpu_amp import CPUAutocastTrainer
 from .hooks import OptimizerStepCounter
 
 
@@ -37,10 +38,18 @@ def _ddp_device_ids(model: nn.Module) -> list[int] | None:
     return [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
 
 
+def _training_loop_class(cfg: CfgNode, model: nn.Module) -> type[SimpleTrainer]:
+    """Detectron2's loops, plus bfloat16 autocast when ``SOLVER.AMP.ENABLED`` asks for AMP on a CPU model."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return SimpleTrainer
+    return AMPTrainer if next(model.parameters()).is_cuda else CPUAutocastTrainer
+
+
 class Trainer(DefaultTrainer):
     """Detectron2's trainer with plugin mappers, evaluators and checkpointer.
 
-    Differences from ``DefaultTrainer``: multi-process training works on CPU (gloo), checkpoints are
+    Differences from ``DefaultTrainer``: multi-process training works on CPU (gloo), ``SOLVER.AMP.ENABLED``
+    works on CPU (bfloat16 autocast, :class:`CPUAutocastTrainer`), checkpoints are
     written atomically and loaded weights-only (:class:`SafeCheckpointer`), optimizer steps are counted
     across resumes (:class:`OptimizerStepCounter`), and a NaN/inf loss error says how to recover.
     """
@@ -59,7 +68,7 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=_ddp_device_ids(model))
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = _training_loop_class(cfg, model)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer.from_config(cfg, model, trainer=weakref.proxy(self))
         self.start_iter = 0

@@ -1,0 +1,43 @@
+"""SOLVER.AMP.ENABLED on a CPU model trains under bfloat16 autocast; weights and inference stay float32."""
+
+from __future__ import annotations
+
+import torch
+from detectron2.engine import SimpleTrainer
+from train_net_runner import tiny_cfg
+
+from d2_maskext.engine import Trainer
+from d2_maskext.engine.cpu_amp import CPUAutocastTrainer
+
+
+def _record_stem_output_dtypes(model: torch.nn.Module) -> list[torch.dtype]:
+    dtypes: list[torch.dtype] = []
+    stem_conv = model.backbone.bottom_up.stem.conv1
+    stem_conv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    return dtypes
+
+
+def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights(tmp_path):
+    trainer = Trainer(tiny_cfg(tmp_path, "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "2"))
+    assert type(trainer._trainer) is CPUAutocastTrainer
+    dtypes = _record_stem_output_dtypes(trainer.model)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    trainer.train()
+
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
+    after = trainer.model.state_dict()
+    assert all(after[k].dtype == before[k].dtype for k in before)
+    assert any(not torch.equal(after[k], before[k]) for k in before if before[k].is_floating_point())
+    losses = trainer.storage.history("total_loss").values()
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(v)) for v, _ in losses)
+
+    trainer.model.eval()
+    with torch.no_grad():
+        trainer.model([{"image": torch.zeros(3, 64, 64)}])
+    assert dtypes[-1] == torch.float32
+
+
+def test_amp_disabled_keeps_detectron2_loop(tmp_path):
+    trainer = Trainer(tiny_cfg(tmp_path))
+    assert type(trainer._trainer) is SimpleTrainer

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import torch
-from detectron2.engine import SimpleTrainer
-from train_net_runner import tiny_cfg
+import math
+from pathlib import Path
 
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.engine import SimpleTrainer
+from train_net_runner import REPO, TINY_MODEL_OPTS, tiny_cfg
+
+from d2_maskext.config import add_maskext_config
 from d2_maskext.engine import Trainer
 from d2_maskext.engine.cpu_amp import CPUAutocastTrainer
 
@@ -41,3 +47,21 @@ def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights(tmp_path):
 def test_amp_disabled_keeps_detectron2_loop(tmp_path):
     trainer = Trainer(tiny_cfg(tmp_path))
     assert type(trainer._trainer) is SimpleTrainer
+
+
+VARIANTS = sorted((REPO / "configs" / "synthetic" / "variants").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", VARIANTS, ids=lambda p: p.stem)
+def test_every_head_variant_trains_under_bfloat16_autocast(tmp_path, config: Path):
+    cfg = add_maskext_config(get_cfg())
+    cfg.merge_from_file(str(config))
+    cfg.merge_from_list(
+        [*TINY_MODEL_OPTS, "OUTPUT_DIR", str(tmp_path), "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "1"]
+    )
+    trainer = Trainer(cfg)
+    trainer.train()
+    losses = trainer.storage.latest()
+    loss_names = [k for k in losses if k.startswith("loss_")]
+    assert "loss_mask" in loss_names
+    assert all(math.isfinite(losses[k][0]) for k in loss_names), losses

@@ -6,8 +6,6 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-#include "ops/roi_align_common.h"
-
 namespace d2_maskext {
 
 at::Tensor roi_align(
@@ -146,6 +144,7 @@ void check_backward_inputs(
     at::ArrayRef<double> spatial_scales,
     const c10::SymInt& pooled_height,
     const c10::SymInt& pooled_width,
+    const c10::SymInt& channels,
     c10::SymIntArrayRef heights,
     c10::SymIntArrayRef widths) {
   check_scales_and_output_size(spatial_scales, heights.size(), pooled_height, pooled_width);
@@ -157,6 +156,9 @@ void check_backward_inputs(
           grad.sym_size(3) == pooled_width,
       "roi_align backward: grad must have shape (K, C, ", pooled_height, ", ", pooled_width, ") with K = ",
       rois.sym_size(0), ", got ", grad.sym_sizes());
+  TORCH_CHECK(
+      grad.sym_size(1) == channels, "roi_align backward: grad has ", grad.sym_size(1), " channels, expected ",
+      channels);
   TORCH_CHECK(
       supported_feature_type(grad.scalar_type()),
       "roi_align backward: grad must be float32, float64, float16 or bfloat16, got ", grad.scalar_type());
@@ -174,6 +176,13 @@ bool use_channels_last(at::TensorList features) {
 
 at::ScalarType accumulate_type(at::ScalarType feature_type) {
   return feature_type == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor levels_as_long(const std::optional<at::Tensor>& levels) {
+  if (!levels.has_value() || !levels->defined()) {
+    return at::Tensor();
+  }
+  return levels->to(at::kLong).contiguous();
 }
 
 }  // namespace roi_align_detail

@@ -8,7 +8,10 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <type_traits>
 #include <vector>
+
+#include "ops/roi_align_common.h"
 
 namespace d2_maskext {
 
@@ -56,6 +59,7 @@ void check_backward_inputs(
     at::ArrayRef<double> spatial_scales,
     const c10::SymInt& pooled_height,
     const c10::SymInt& pooled_width,
+    const c10::SymInt& channels,
     c10::SymIntArrayRef heights,
     c10::SymIntArrayRef widths);
 
@@ -64,6 +68,29 @@ bool use_channels_last(at::TensorList features);
 
 // Float type for coordinates and accumulation: double for float64 features, float otherwise.
 at::ScalarType accumulate_type(at::ScalarType feature_type);
+
+// `levels` as a contiguous int64 tensor, or an undefined tensor when there is none (every roi on level 0).
+at::Tensor levels_as_long(const std::optional<at::Tensor>& levels);
+
+// The kernels' view of per-level maps (features, or gradients when `element_t` is not const): data
+// pointers, sizes and scales. `maps` must outlive the table.
+template <typename element_t>
+LevelTable<element_t> level_table(const std::vector<at::Tensor>& maps, at::ArrayRef<double> spatial_scales) {
+  using value_t = std::remove_const_t<element_t>;
+  LevelTable<element_t> table{};
+  table.num_levels = static_cast<int>(maps.size());
+  for (size_t l = 0; l < maps.size(); ++l) {
+    if constexpr (std::is_const_v<element_t>) {
+      table.data[l] = maps[l].const_data_ptr<value_t>();
+    } else {
+      table.data[l] = maps[l].mutable_data_ptr<value_t>();
+    }
+    table.height[l] = maps[l].size(2);
+    table.width[l] = maps[l].size(3);
+    table.scale[l] = spatial_scales[l];
+  }
+  return table;
+}
 
 }  // namespace roi_align_detail
 }  // namespace d2_maskext

@@ -549,13 +549,6 @@ void backward_impl(const at::Tensor& grad, bool channels_last, const at::Tensor&
   });
 }
 
-at::Tensor prepared_levels(const std::optional<at::Tensor>& levels) {
-  if (!levels.has_value() || !levels->defined()) {
-    return at::Tensor();
-  }
-  return levels->to(at::kLong).contiguous();
-}
-
 at::Tensor roi_align_forward_cpu(
     at::TensorList features,
     const at::Tensor& rois,
@@ -575,19 +568,12 @@ at::Tensor roi_align_forward_cpu(
   const int64_t batch_size = first.size(0);
   const int64_t channels = first.size(1);
   const at::Tensor rois_acc = rois.to(roi_align_detail::accumulate_type(first.scalar_type())).contiguous();
-  const at::Tensor levels_long = prepared_levels(levels);
+  const at::Tensor levels_long = roi_align_detail::levels_as_long(levels);
   const int64_t* level_data = levels_long.defined() ? levels_long.const_data_ptr<int64_t>() : nullptr;
   at::Tensor output = at::empty({rois.size(0), channels, pooled_height, pooled_width}, first.options());
   const PoolingParams params{pooled_height, pooled_width, sampling_ratio, aligned};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "roi_align_forward_cpu", [&] {
-    LevelTable<const scalar_t> table{};
-    table.num_levels = static_cast<int>(maps.size());
-    for (size_t l = 0; l < maps.size(); ++l) {
-      table.data[l] = maps[l].const_data_ptr<scalar_t>();
-      table.height[l] = maps[l].size(2);
-      table.width[l] = maps[l].size(3);
-      table.scale[l] = spatial_scales[l];
-    }
+    const auto table = roi_align_detail::level_table<const scalar_t>(maps, spatial_scales);
     forward_impl<scalar_t>(table, channels, channels_last, rois_acc, level_data, batch_size, params, output);
   });
   return output;
@@ -608,10 +594,8 @@ std::vector<at::Tensor> roi_align_backward_cpu(
     bool aligned,
     bool channels_last) {
   roi_align_detail::check_backward_inputs(
-      grad, rois, levels, spatial_scales, pooled_height, pooled_width, c10::fromIntArrayRefSlow(heights),
-      c10::fromIntArrayRefSlow(widths));
-  TORCH_CHECK(
-      grad.size(1) == channels, "roi_align backward: grad has ", grad.size(1), " channels, expected ", channels);
+      grad, rois, levels, spatial_scales, pooled_height, pooled_width, channels,
+      c10::fromIntArrayRefSlow(heights), c10::fromIntArrayRefSlow(widths));
   const at::ScalarType acc_type = roi_align_detail::accumulate_type(grad.scalar_type());
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   std::vector<at::Tensor> grad_maps;
@@ -621,19 +605,12 @@ std::vector<at::Tensor> roi_align_backward_cpu(
   }
   const at::Tensor grad_c = grad.contiguous();
   const at::Tensor rois_acc = rois.to(acc_type).contiguous();
-  const at::Tensor levels_long = prepared_levels(levels);
+  const at::Tensor levels_long = roi_align_detail::levels_as_long(levels);
   const int64_t* level_data = levels_long.defined() ? levels_long.const_data_ptr<int64_t>() : nullptr;
   const PoolingParams params{pooled_height, pooled_width, sampling_ratio, aligned};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    LevelTable<acc_t> table{};
-    table.num_levels = static_cast<int>(heights.size());
-    for (size_t l = 0; l < heights.size(); ++l) {
-      table.data[l] = grad_maps[l].mutable_data_ptr<acc_t>();
-      table.height[l] = heights[l];
-      table.width[l] = widths[l];
-      table.scale[l] = spatial_scales[l];
-    }
+    const auto table = roi_align_detail::level_table<acc_t>(grad_maps, spatial_scales);
     backward_impl<scalar_t>(grad_c, channels_last, rois_acc, level_data, table, batch_size, channels, params);
   });
   if (acc_type != grad.scalar_type()) {

@@ -33,7 +33,18 @@ struct Pooling {
   bool aligned;
 };
 
-// Where output element (k, c, ph, pw) samples from: its map plane and the sample ranges of its bin.
+// Position (roi, channel, bin row, bin column) of one element of the (K, C, PH, PW) output.
+struct OutputElement {
+  int64_t k, c, ph, pw;
+};
+
+__device__ inline OutputElement output_element(int64_t index, const Pooling& p) {
+  const int64_t bins = p.pooled_height * p.pooled_width;
+  return {index / (bins * p.channels), (index / bins) % p.channels, (index / p.pooled_width) % p.pooled_height,
+          index % p.pooled_width};
+}
+
+// Where output element `e` samples from: its map plane and the sample ranges of its bin.
 template <typename acc_t>
 struct BinSamples {
   int64_t image, height, width, grid_h, grid_w, y_first, y_last, x_first, x_last;
@@ -43,12 +54,12 @@ struct BinSamples {
 
 template <typename acc_t, typename element_t>
 __device__ bool locate_bin(
-    const LevelTable<element_t>& table, const acc_t* rois, const int64_t* levels, int64_t k, int64_t ph,
-    int64_t pw, const Pooling& p, BinSamples<acc_t>* s) {
+    const LevelTable<element_t>& table, const acc_t* rois, const int64_t* levels, const OutputElement& e,
+    const Pooling& p, BinSamples<acc_t>* s) {
   using namespace roi_align_detail;
-  const acc_t* roi = rois + k * 5;
+  const acc_t* roi = rois + e.k * 5;
   RoiGeometry<acc_t> g;
-  if (!roi_target(roi, levels, k, table.num_levels, p.batch_size, &s->image, &s->level) ||
+  if (!roi_target(roi, levels, e.k, table.num_levels, p.batch_size, &s->image, &s->level) ||
       !roi_geometry(
           roi, static_cast<acc_t>(table.scale[s->level]), p.pooled_height, p.pooled_width, p.sampling_ratio,
           p.aligned, &g) ||
@@ -61,8 +72,8 @@ __device__ bool locate_bin(
   s->grid_w = g.grid_w;
   s->bin_h = g.bin_h;
   s->bin_w = g.bin_w;
-  s->origin_h = bin_start(g.start_h, g.bin_h, ph);
-  s->origin_w = bin_start(g.start_w, g.bin_w, pw);
+  s->origin_h = bin_start(g.start_h, g.bin_h, e.ph);
+  s->origin_w = bin_start(g.start_w, g.bin_w, e.pw);
   sample_range(s->origin_h, g.bin_h, g.grid_h, s->height, &s->y_first, &s->y_last);
   sample_range(s->origin_w, g.bin_w, g.grid_w, s->width, &s->x_first, &s->x_last);
   return true;
@@ -76,14 +87,11 @@ __global__ void roi_align_forward_kernel(
   using namespace roi_align_detail;
   for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
        index += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t pw = index % p.pooled_width;
-    const int64_t ph = (index / p.pooled_width) % p.pooled_height;
-    const int64_t c = (index / (p.pooled_width * p.pooled_height)) % p.channels;
-    const int64_t k = index / (p.pooled_width * p.pooled_height * p.channels);
+    const OutputElement e = output_element(index, p);
     acc_t sum = 0;
     BinSamples<acc_t> s;
-    if (locate_bin(table, rois, levels, k, ph, pw, p, &s)) {
-      const scalar_t* map = table.data[s.level] + (s.image * p.channels + c) * s.height * s.width;
+    if (locate_bin(table, rois, levels, e, p, &s)) {
+      const scalar_t* map = table.data[s.level] + (s.image * p.channels + e.c) * s.height * s.width;
       for (int64_t iy = s.y_first; iy < s.y_last; ++iy) {
         const auto ys = axis_sample(sample_position(s.origin_h, s.bin_h, iy, s.grid_h), s.height);
         if (!ys.valid) {
@@ -116,17 +124,14 @@ __global__ void roi_align_backward_kernel(
   using namespace roi_align_detail;
   for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
        index += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t pw = index % p.pooled_width;
-    const int64_t ph = (index / p.pooled_width) % p.pooled_height;
-    const int64_t c = (index / (p.pooled_width * p.pooled_height)) % p.channels;
-    const int64_t k = index / (p.pooled_width * p.pooled_height * p.channels);
+    const OutputElement e = output_element(index, p);
     BinSamples<acc_t> s;
-    if (!locate_bin(grad_maps, rois, levels, k, ph, pw, p, &s)) {
+    if (!locate_bin(grad_maps, rois, levels, e, p, &s)) {
       continue;
     }
     const acc_t g = static_cast<acc_t>(grad[index]) /
         (static_cast<acc_t>(s.grid_h) * static_cast<acc_t>(s.grid_w));
-    acc_t* map = grad_maps.data[s.level] + (s.image * p.channels + c) * s.height * s.width;
+    acc_t* map = grad_maps.data[s.level] + (s.image * p.channels + e.c) * s.height * s.width;
     for (int64_t iy = s.y_first; iy < s.y_last; ++iy) {
       const auto ys = axis_sample(sample_position(s.origin_h, s.bin_h, iy, s.grid_h), s.height);
       if (!ys.valid) {
@@ -144,13 +149,6 @@ __global__ void roi_align_backward_kernel(
       }
     }
   }
-}
-
-at::Tensor prepared_levels(const std::optional<at::Tensor>& levels) {
-  if (!levels.has_value() || !levels->defined()) {
-    return at::Tensor();
-  }
-  return levels->to(at::kLong).contiguous();
 }
 
 at::Tensor roi_align_forward_cuda(
@@ -171,7 +169,7 @@ at::Tensor roi_align_forward_cuda(
   const at::Tensor& first = maps[0];
   const Pooling p{pooled_height, pooled_width, sampling_ratio, first.size(0), first.size(1), aligned};
   const at::Tensor rois_acc = rois.to(roi_align_detail::accumulate_type(first.scalar_type())).contiguous();
-  const at::Tensor levels_long = prepared_levels(levels);
+  const at::Tensor levels_long = roi_align_detail::levels_as_long(levels);
   at::Tensor output = at::empty({rois.size(0), p.channels, pooled_height, pooled_width}, first.options());
   const int64_t total = output.numel();
   if (total == 0) {
@@ -179,14 +177,7 @@ at::Tensor roi_align_forward_cuda(
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "roi_align_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    LevelTable<const scalar_t> table{};
-    table.num_levels = static_cast<int>(maps.size());
-    for (size_t l = 0; l < maps.size(); ++l) {
-      table.data[l] = maps[l].const_data_ptr<scalar_t>();
-      table.height[l] = maps[l].size(2);
-      table.width[l] = maps[l].size(3);
-      table.scale[l] = spatial_scales[l];
-    }
+    const auto table = roi_align_detail::level_table<const scalar_t>(maps, spatial_scales);
     roi_align_forward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         total, table, rois_acc.const_data_ptr<acc_t>(),
         levels_long.defined() ? levels_long.const_data_ptr<int64_t>() : nullptr, p,
@@ -211,10 +202,8 @@ std::vector<at::Tensor> roi_align_backward_cuda(
     bool aligned,
     bool channels_last) {
   roi_align_detail::check_backward_inputs(
-      grad, rois, levels, spatial_scales, pooled_height, pooled_width, c10::fromIntArrayRefSlow(heights),
-      c10::fromIntArrayRefSlow(widths));
-  TORCH_CHECK(
-      grad.size(1) == channels, "roi_align backward: grad has ", grad.size(1), " channels, expected ", channels);
+      grad, rois, levels, spatial_scales, pooled_height, pooled_width, channels,
+      c10::fromIntArrayRefSlow(heights), c10::fromIntArrayRefSlow(widths));
   at::globalContext().alertNotDeterministic("d2_maskext::_roi_align_backward (CUDA, atomics)");
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::ScalarType acc_type = roi_align_detail::accumulate_type(grad.scalar_type());
@@ -225,19 +214,12 @@ std::vector<at::Tensor> roi_align_backward_cuda(
   const Pooling p{pooled_height, pooled_width, sampling_ratio, batch_size, channels, aligned};
   const at::Tensor grad_c = grad.contiguous();
   const at::Tensor rois_acc = rois.to(acc_type).contiguous();
-  const at::Tensor levels_long = prepared_levels(levels);
+  const at::Tensor levels_long = roi_align_detail::levels_as_long(levels);
   const int64_t total = grad_c.numel();
   if (total > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      LevelTable<acc_t> table{};
-      table.num_levels = static_cast<int>(heights.size());
-      for (size_t l = 0; l < heights.size(); ++l) {
-        table.data[l] = grad_maps[l].mutable_data_ptr<acc_t>();
-        table.height[l] = heights[l];
-        table.width[l] = widths[l];
-        table.scale[l] = spatial_scales[l];
-      }
+      const auto table = roi_align_detail::level_table<acc_t>(grad_maps, spatial_scales);
       roi_align_backward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           total, table, rois_acc.const_data_ptr<acc_t>(),
           levels_long.defined() ? levels_long.const_data_ptr<int64_t>() : nullptr, p,

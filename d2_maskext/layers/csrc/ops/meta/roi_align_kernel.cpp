@@ -38,7 +38,7 @@ std::vector<at::Tensor> roi_align_backward_meta(
     bool /*aligned*/,
     bool channels_last) {
   roi_align_detail::check_backward_inputs(
-      grad, rois, levels, spatial_scales, pooled_height, pooled_width, heights, widths);
+      grad, rois, levels, spatial_scales, pooled_height, pooled_width, channels, heights, widths);
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   std::vector<at::Tensor> grads;
   for (size_t l = 0; l < heights.size(); ++l) {

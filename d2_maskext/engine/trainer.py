@@ -33,16 +33,20 @@ from .cpu_amp import CPUAutocastTrainer
 from .hooks import OptimizerStepCounter
 
 
+def _is_cuda_model(model: nn.Module) -> bool:
+    return next(model.parameters()).is_cuda
+
+
 def _ddp_device_ids(model: nn.Module) -> list[int] | None:
     """torch's DDP wants ``device_ids`` for a CUDA model and refuses them for a CPU one."""
-    return [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
+    return [comm.get_local_rank()] if _is_cuda_model(model) else None
 
 
 def _training_loop_class(cfg: CfgNode, model: nn.Module) -> type[SimpleTrainer]:
     """Detectron2's loops, plus bfloat16 autocast when ``SOLVER.AMP.ENABLED`` asks for AMP on a CPU model."""
     if not cfg.SOLVER.AMP.ENABLED:
         return SimpleTrainer
-    return AMPTrainer if next(model.parameters()).is_cuda else CPUAutocastTrainer
+    return AMPTrainer if _is_cuda_model(model) else CPUAutocastTrainer
 
 
 class Trainer(DefaultTrainer):

@@ -94,9 +94,9 @@ def reference_roi_align(
             rois, feature.shape[2], feature.shape[3], output_size, scale, sampling_ratio, aligned
         )
         feature = feature.to(acc_dtype)
+        chunk = max(1, _REFERENCE_CHUNK_ELEMENTS // max(1, channels * output_size[0] * feature.shape[3]))
         for image in range(batch_size):
             index = torch.nonzero((roi_levels == level) & (batch_index == image)).flatten()
-            chunk = max(1, _REFERENCE_CHUNK_ELEMENTS // max(1, channels * output_size[0] * feature.shape[3]))
             for part in index.split(chunk):
                 rows = torch.einsum("kph,chw->kcpw", wy[part], feature[image])
                 output = output.index_put((part,), torch.einsum("kcpw,kqw->kcpq", rows, wx[part]))

@@ -24,7 +24,7 @@ from pycocotools.coco import COCO
 from train_net_runner import BASE_CONFIG, REPO, TINY_MODEL_OPTS, tiny_cfg
 
 from d2_maskext.engine import Trainer
-from d2_maskext.evaluation.predict import BatchPredictor, predict
+from d2_maskext.predict import BatchPredictor, predict
 
 VAL = "maskext_synth_tiny_val"
 PREDICT_OPTS = (

@@ -16,8 +16,8 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.solver import build_lr_scheduler, build_optimizer
 
+from d2_maskext.checkpoint import ALLOW_UNSAFE_PICKLE_KEY, SafeCheckpointer, UntrustedCheckpointError
 from d2_maskext.config import add_maskext_config
-from d2_maskext.engine.checkpoint import ALLOW_UNSAFE_PICKLE_KEY, SafeCheckpointer, UntrustedCheckpointError
 
 
 class _OpensFileWhenUnpickled:

@@ -20,7 +20,8 @@ from dataclasses import replace
 
 from detectron2.utils.logger import setup_logger
 
-from d2_maskext.engine import SafeCheckpointer, Trainer, setup_cfg
+from d2_maskext.checkpoint import SafeCheckpointer
+from d2_maskext.engine import Trainer, setup_cfg
 from d2_maskext.evaluation import ReportOptions, write_report, write_report_from_files
 
 

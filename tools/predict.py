@@ -17,7 +17,7 @@ from argparse import Namespace
 from detectron2.utils.logger import setup_logger
 
 from d2_maskext.engine import setup_cfg
-from d2_maskext.evaluation.predict import predict
+from d2_maskext.predict import predict
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:

@@ -13,7 +13,8 @@ from argparse import Namespace
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
-from d2_maskext.engine import SafeCheckpointer, Trainer, setup_cfg
+from d2_maskext.checkpoint import SafeCheckpointer
+from d2_maskext.engine import Trainer, setup_cfg
 
 
 def main(args: Namespace):

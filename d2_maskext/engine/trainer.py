@@ -24,11 +24,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
+from ..checkpoint import SafeCheckpointer
 from ..config import add_maskext_config
 from ..data import prepare_datasets
 from ..data.mappers import build_mapper
 from ..evaluation import build_evaluator
-from .checkpoint import SafeCheckpointer
 from .cpu_amp import CPUAutocastTrainer
 from .hooks import OptimizerStepCounter
 

@@ -1,26 +1,24 @@
-"""Evaluators shared by ``train_net.py --eval-only`` and the evaluation report, and the report itself."""
+"""COCO evaluation and the evaluation report.
+
+The report (matplotlib, HTML) is imported on first use, so the trainer can use :func:`build_evaluator`
+without loading plotting libraries.
+"""
 
 from __future__ import annotations
 
-from detectron2.config import CfgNode
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from typing import Any
 
-from .report import ReportOptions, write_report, write_report_from_files
+from .evaluator import build_evaluator
+
+_REPORT_NAMES = frozenset({"ReportOptions", "write_report", "write_report_from_files"})
 
 
-def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
-    """COCO box (and mask, when ``MODEL.MASK_ON``) AP on ``dataset_name`` with the official pycocotools COCOeval.
+def __getattr__(name: str) -> Any:
+    if name in _REPORT_NAMES:
+        from . import report
 
-    Detectron2's faster C++ COCOeval is not used: its numbers may differ slightly and it drops the
-    per-image matches the report reads.
-    """
-    return COCOEvaluator(
-        dataset_name,
-        tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
-        output_dir=output_folder,
-        max_dets_per_image=cfg.TEST.EVAL.MAX_DETS_PER_IMAGE,
-        use_fast_impl=False,
-    )
+        return getattr(report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ReportOptions", "build_evaluator", "write_report", "write_report_from_files"]

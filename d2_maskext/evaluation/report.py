@@ -25,12 +25,13 @@ import matplotlib.colors as mcolors
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation import inference_on_dataset
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
+from ..data.mappers import build_mapper
 from ..visualization import draw_coco_instances, read_image_or_blank, side_by_side
 from . import plots
 from .coco_metrics import (
@@ -43,6 +44,7 @@ from .coco_metrics import (
     result_tasks,
 )
 from .confusion import ConfusionMatrix, compute_confusion_matrix
+from .evaluator import build_evaluator
 from .image_matches import ImageMatches, ScoreSweep, collect_image_matches, score_sweep, worst_images
 from .report_html import fmt, note, page, png_img, section, table
 
@@ -156,10 +158,8 @@ def dataset_ground_truth(dataset_name: str, output_dir: Path) -> tuple[COCO, dic
 
 def run_evaluator(cfg: CfgNode, model: torch.nn.Module, dataset_name: str, inference_dir: Path) -> list[dict]:
     """Run ``model`` on ``dataset_name`` with the trainer's test loader and evaluator; return COCO results."""
-    from ..engine import Trainer  # the engine imports this package
-
-    loader = Trainer.build_test_loader(cfg, dataset_name)
-    evaluator = Trainer.build_evaluator(cfg, dataset_name, str(inference_dir))
+    loader = build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, is_train=False))
+    evaluator = build_evaluator(cfg, dataset_name, str(inference_dir))
     inference_on_dataset(model, tqdm(loader, desc=f"inference on {dataset_name}", unit="img"), evaluator)
     results_file = inference_dir / "coco_instances_results.json"
     if not results_file.is_file():

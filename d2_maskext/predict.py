@@ -27,7 +27,8 @@ from detectron2.utils.visualizer import Visualizer
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
-from .coco_metrics import load_coco_json
+from .checkpoint import SafeCheckpointer
+from .evaluation.coco_metrics import load_coco_json
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ class BatchPredictor(DefaultPredictor):
     weights through ``SafeCheckpointer`` so an untrusted file cannot run code."""
 
     def __init__(self, cfg: CfgNode):
-        from ..engine.checkpoint import SafeCheckpointer  # lazy: the engine imports this package
-
         without_weights = cfg.clone()
         without_weights.defrost()
         without_weights.MODEL.WEIGHTS = ""

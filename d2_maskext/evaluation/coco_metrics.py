@@ -21,7 +21,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 AP_METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-TASK_TITLES: dict[str, str] = {"bbox": "box", "segm": "mask"}
+TASK_TITLES: dict[str, str] = {"bbox": "box", "segm": "mask", "boundary": "boundary"}
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def evaluate_coco_results(
             )
         else:
             coco_eval = (COCOeval if max_dets_per_image == 100 else COCOevalMaxDets)(
-                coco_gt, _empty_results(coco_gt), iou_type
+                coco_gt, empty_results(coco_gt), iou_type
             )
             coco_eval.params.maxDets = max_dets
             coco_eval.evaluate()
@@ -140,7 +140,8 @@ def evaluate_coco_results(
     return TaskEvaluation(iou_type, coco_eval, "\n".join(lines))
 
 
-def _empty_results(coco_gt: COCO) -> COCO:
+def empty_results(coco_gt: COCO) -> COCO:
+    """A results COCO with the ground truth's images and categories and no detections."""
     res = COCO()
     res.dataset = {
         "images": list(coco_gt.dataset["images"]),

@@ -1,0 +1,44 @@
+"""The plugin's COCO evaluator: Detectron2's ``COCOEvaluator`` plus Boundary AP whenever masks are evaluated.
+
+Box and mask AP are computed by the parent unchanged; Boundary AP (:mod:`.boundary`) is added to the
+results as the task ``boundary``, so ``train_net.py --eval-only`` logs and prints it next to mask AP.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.logger import create_small_table
+
+from .boundary import BOUNDARY_TASK, evaluate_boundary_results
+from .coco_metrics import TaskEvaluation
+
+logger = logging.getLogger(__name__)
+
+
+class MaskExtCOCOEvaluator(COCOEvaluator):
+    """``COCOEvaluator`` whose results gain ``boundary``: AP, AP50, AP75, APs, APm, APl and ``AP-<class>``."""
+
+    def _eval_predictions(self, predictions: list[dict], img_ids: list[int] | None = None) -> None:
+        # Copied before the parent rewrites category ids of these very dicts in place.
+        results = [dict(r) for prediction in predictions for r in prediction["instances"]]
+        super()._eval_predictions(predictions, img_ids=img_ids)
+        if not self._do_evaluation or "segm" not in self._results:
+            return
+        id_map = self._metadata.get("thing_dataset_id_to_contiguous_id")
+        if id_map is not None:
+            to_dataset_id = {contiguous: dataset_id for dataset_id, contiguous in id_map.items()}
+            for r in results:
+                r["category_id"] = to_dataset_id[r["category_id"]]
+        evaluation = evaluate_boundary_results(self._coco_api, results, self._max_dets_per_image[-1], img_ids)
+        self._results[BOUNDARY_TASK] = boundary_results(evaluation)
+        summary = {k: v for k, v in self._results[BOUNDARY_TASK].items() if "-" not in k}
+        logger.info("Evaluation results for %s (Boundary IoU):\n%s", BOUNDARY_TASK, create_small_table(summary))
+
+
+def boundary_results(evaluation: TaskEvaluation) -> dict[str, float]:
+    """Detectron2's results layout: summary metrics, then ``AP-<class>`` (NaN for classes without ground truth)."""
+    per_class = {f"AP-{name}": float(ap) for name, ap in zip(evaluation.class_names, evaluation.per_class_ap())}
+    return {**evaluation.summary_metrics(), **per_class}
+

@@ -28,7 +28,13 @@ from train_net_runner import REPO, tiny_cfg
 
 from d2_maskext.engine import Trainer
 from d2_maskext.evaluation import build_evaluator, write_report
-from d2_maskext.evaluation.coco_metrics import AP_METRICS, evaluate_coco_results, load_results_json
+from d2_maskext.evaluation.boundary import evaluate_boundary_results
+from d2_maskext.evaluation.coco_metrics import (
+    AP_METRICS,
+    evaluate_coco_results,
+    load_coco_json,
+    load_results_json,
+)
 from d2_maskext.evaluation.pr_curves import mean_curve
 
 VAL = "maskext_synth_tiny_val"
@@ -122,8 +128,10 @@ def _assert_self_contained(report: Path, num_worst: int) -> list[str]:
     for section in SECTIONS:
         assert section in parser.headings
     assert f"{num_worst} worst images" in parser.headings
-    # per-class chart, one PR figure per task, confusion matrix, sweep, worst images
-    assert len(parser.img_sources) == 1 + 2 + 1 + 1 + num_worst
+    assert f"{num_worst} worst images by Boundary IoU" in parser.headings
+    # per-class chart, one PR figure per task (box, mask, boundary), confusion matrix, sweep, worst images
+    # by F1 and by Boundary IoU
+    assert len(parser.img_sources) == 1 + 3 + 1 + 1 + 2 * num_worst
     prefix = "data:image/png;base64,"
     for src in parser.img_sources:
         assert src.startswith(prefix)
@@ -221,6 +229,10 @@ def test_cli_report_from_json_files_equals_pycocotools(val_gt, tmp_path, capsys)
     assert 10 < metrics["bbox"]["AP"] < 95 and 5 < metrics["segm"]["AP"] < 95, metrics
     assert metrics["options"]["score_threshold"] == 0.4
     _assert_metrics_equal_pycocotools(metrics, gt_json, results)
+    boundary = evaluate_boundary_results(load_coco_json(gt_json), results)
+    assert metrics["boundary"]["AP"] == pytest.approx(boundary.summary_metrics()["AP"])
+    assert metrics["boundary"]["AP75"] <= metrics["segm"]["AP75"]  # a stricter IoU on the same predictions
+    assert set(metrics["boundary"]["per_class_AP"]) == set(metrics["segm"]["per_class_AP"])
     assert json.loads((out / "predictions.json").read_text()) == results
     _assert_self_contained(out / "report.html", num_worst=3)
     # The drawn precision-recall curves integrate to the AP: their mean is COCOeval's AP / AP50.

@@ -154,3 +154,9 @@ def evaluate_boundary_results(
     lines = [line for line in summary.getvalue().splitlines() if "Average Precision" in line or "Average Recall" in line]
     return TaskEvaluation(BOUNDARY_TASK, coco_eval, "\n".join(lines))
 
+
+
+def worst_boundary_images(quality: dict[int, ImageBoundaryQuality], count: int) -> list[ImageBoundaryQuality]:
+    """Up to ``count`` images with ground truth whose outlines are not all found exactly, lowest mean first."""
+    imperfect = [q for q in quality.values() if q.best_iou and q.mean_iou < 1.0]
+    return sorted(imperfect, key=lambda q: (q.mean_iou, q.image_id))[:count]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from html import escape
 from pathlib import Path
 
@@ -34,6 +34,13 @@ from tqdm import tqdm
 from ..data.mappers import build_mapper
 from ..visualization import draw_coco_instances, read_image_or_blank, side_by_side
 from . import plots
+from .boundary import (
+    BOUNDARY_TASK,
+    ImageBoundaryQuality,
+    evaluate_boundary_results,
+    image_boundary_quality,
+    worst_boundary_images,
+)
 from .coco_metrics import (
     AP_METRICS,
     TASK_TITLES,
@@ -175,6 +182,9 @@ class _Analysis:
     analysis_task: str
     matches: dict[int, ImageMatches]
     confusion: ConfusionMatrix
+    # Boundary IoU per image and the Boundary-AP matches; empty without masks.
+    boundary_quality: dict[int, ImageBoundaryQuality] = field(default_factory=dict)
+    boundary_matches: dict[int, ImageMatches] = field(default_factory=dict)
 
 
 def build_report(
@@ -200,6 +210,7 @@ def build_report(
         _confusion_section(analysis, options),
         _sweep_section(analysis, options),
         _worst_section(analysis, image_paths, options),
+        _worst_boundary_section(analysis, image_paths, options),
     ]
     subtitle = (
         f"{len(coco_gt.imgs)} images, {len(coco_gt.anns)} ground-truth instances, {len(results)} predictions. "
@@ -219,6 +230,8 @@ def _analyse(
     evaluations = {
         task: evaluate_coco_results(coco_gt, results, task, options.max_dets_per_image) for task in tasks
     }
+    if "segm" in evaluations:
+        evaluations[BOUNDARY_TASK] = evaluate_boundary_results(coco_gt, results, options.max_dets_per_image)
     for task, evaluation in evaluations.items():
         metrics = ", ".join(f"{k} {fmt(v)}" for k, v in evaluation.summary_metrics().items())
         logger.info("%s: %s", TASK_TITLES[task], metrics)
@@ -231,7 +244,12 @@ def _analyse(
         coco_gt, chosen.cocoDt, analysis_task, options.iou_threshold, options.score_threshold
     )
     sweeps = {task: score_sweep(m) for task, m in matches.items()}
-    return _Analysis(evaluations, sweeps, analysis_task, matches[analysis_task], confusion)
+    if BOUNDARY_TASK not in evaluations:
+        return _Analysis(evaluations, sweeps, analysis_task, matches[analysis_task], confusion)
+    quality = image_boundary_quality(evaluations[BOUNDARY_TASK].coco_eval, options.score_threshold)
+    return _Analysis(
+        evaluations, sweeps, analysis_task, matches[analysis_task], confusion, quality, matches[BOUNDARY_TASK]
+    )
 
 
 def _metrics_json(analysis: _Analysis, options: ReportOptions) -> dict:
@@ -273,7 +291,9 @@ def _ap_section(analysis: _Analysis) -> str:
         "COCO AP",
         table(["task", *AP_METRICS], rows),
         note(
-            "Percent. APs/APm/APl split instances by area (< 32², 32²–96², > 96² px); mask AP uses mask area."
+            "Percent. APs/APm/APl split instances by area (< 32², 32²–96², > 96² px); mask AP uses mask area. "
+            "Boundary AP is mask AP matched by min(mask IoU, Boundary IoU), the boundary being the band of "
+            "each mask within 2% of the image diagonal of its outline (Cheng et al., CVPR 2021)."
         ),
         f"<details><summary>COCOeval summary</summary>{summaries}</details>",
     )
@@ -395,41 +415,83 @@ def _worst_image_panels(
     return side_by_side(gt_panel, dt_panel)
 
 
-def _worst_section(analysis: _Analysis, image_paths: dict[int, Path], options: ReportOptions) -> str:
-    coco_eval = analysis.evaluations[analysis.analysis_task].coco_eval
-    threshold = options.score_threshold
-    worst = worst_images(analysis.matches, threshold, options.num_worst_images)
+def _image_figures(
+    items: Sequence[tuple[ImageMatches, str]], coco_eval, image_paths: dict[int, Path], threshold: float
+) -> tuple[list[str], int]:
+    """One captioned ground-truth / prediction panel pair per ``(matches, caption)``; also how many image
+    files were missing (drawn on blank canvases)."""
     figures, missing = [], 0
-    for m in tqdm(worst, desc="worst images", unit="img", leave=False):
+    for m, caption in tqdm(items, desc="image panels", unit="img", leave=False):
         info = coco_eval.cocoGt.imgs[m.image_id]
         image, found = read_image_or_blank(image_paths.get(m.image_id), info["height"], info["width"])
         missing += not found
         panels = _worst_image_panels(m, coco_eval.cocoGt, coco_eval.cocoDt, image, threshold)
-        tp, fp, fn = m.counts(threshold)
-        caption = (
-            f"image {m.image_id} ({info['file_name']}): F1 {m.f1(threshold):.2f}, correct {tp}, wrong {fp}, "
-            f"missed {fn} (left: ground truth, right: predictions)"
-        )
+        caption = f"image {m.image_id} ({info['file_name']}): {caption} (left: ground truth, right: predictions)"
         figures.append(
             f"<figure><figcaption>{escape(caption)}</figcaption>{png_img(_png(panels), caption)}</figure>"
         )
     if missing:
-        logger.warning(
-            "%d of %d worst images could not be read; drawn on blank canvases", missing, len(worst)
-        )
-    legend = "".join(
+        logger.warning("%d of %d images could not be read; drawn on blank canvases", missing, len(items))
+    return figures, missing
+
+
+def _legend() -> str:
+    spans = "".join(
         f'<span style="background:{mcolors.to_hex(color)}">{name}</span>'
         for name, color in (("matched", _MATCH), ("missed / wrong", _ERROR), ("ignored (crowd)", _IGNORED))
     )
+    return f'<p class="legend">{spans}</p>'
+
+
+def _missing_note(missing: int) -> str:
+    return f" {missing} image files were not found and are drawn on gray canvases." if missing else ""
+
+
+def _worst_section(analysis: _Analysis, image_paths: dict[int, Path], options: ReportOptions) -> str:
+    coco_eval = analysis.evaluations[analysis.analysis_task].coco_eval
+    threshold = options.score_threshold
+    worst = worst_images(analysis.matches, threshold, options.num_worst_images)
+    items = []
+    for m in worst:
+        tp, fp, fn = m.counts(threshold)
+        items.append((m, f"F1 {m.f1(threshold):.2f}, correct {tp}, wrong {fp}, missed {fn}"))
+    figures, missing = _image_figures(items, coco_eval, image_paths, threshold)
     return section(
         f"{len(worst)} worst images",
         note(
             f"Lowest per-image F1 ({TASK_TITLES[analysis.analysis_task]}, COCOeval matches at IoU "
             f"{options.iou_threshold:g}, score >= {threshold:g}); images without errors are not listed."
-            + (f" {missing} image files were not found and are drawn on gray canvases." if missing else "")
+            + _missing_note(missing)
         ),
-        f'<p class="legend">{legend}</p>',
+        _legend(),
         *(figures or [note("No image has errors at this threshold.")]),
+    )
+
+
+def _worst_boundary_section(analysis: _Analysis, image_paths: dict[int, Path], options: ReportOptions) -> str:
+    """Images whose outlines are found worst: lowest mean Boundary IoU over their ground-truth instances."""
+    if BOUNDARY_TASK not in analysis.evaluations:
+        return ""
+    threshold = options.score_threshold
+    worst = worst_boundary_images(analysis.boundary_quality, options.num_worst_images)
+    items = [
+        (
+            analysis.boundary_matches[q.image_id],
+            f"mean Boundary IoU {q.mean_iou:.2f} over {len(q.best_iou)} instances (lowest {min(q.best_iou):.2f})",
+        )
+        for q in worst
+    ]
+    coco_eval = analysis.evaluations[BOUNDARY_TASK].coco_eval
+    figures, missing = _image_figures(items, coco_eval, image_paths, threshold)
+    return section(
+        f"{len(worst)} worst images by Boundary IoU",
+        note(
+            "Per ground-truth instance, the best min(mask IoU, Boundary IoU) with a prediction of its class at "
+            f"score >= {threshold:g} (0 when there is none); images ranked by the mean over their instances, "
+            f"lowest first. Colors: Boundary-AP matches at IoU {options.iou_threshold:g}." + _missing_note(missing)
+        ),
+        _legend(),
+        *(figures or [note("Every outline is found exactly at this threshold.")]),
     )
 
 

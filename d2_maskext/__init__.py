@@ -4,13 +4,13 @@ Importing the package checks detectron2 and registers every plugin component (RO
 heads, datasets, mappers) in Detectron2's registries. Stock components are untouched.
 """
 
-from ._detectron2_check import check_detectron2
+# The compatibility check runs first, so an unsuitable Detectron2 gives its clear error before anything else.
+from ._compat import DETECTRON2_VERSION
 
-DETECTRON2_VERSION = check_detectron2()
-
-from . import data, layers, modeling  # noqa: E402  (registration happens on import)
-from .config import add_maskext_config  # noqa: E402
-from .data.synthetic import register_builtin_synthetic  # noqa: E402
+# isort: split
+from . import data, layers, modeling  # registration happens on import
+from .config import add_maskext_config
+from .data.synthetic import register_builtin_synthetic
 
 register_builtin_synthetic()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import ROI_HEADS_REGISTRY
+from packaging.version import Version
 
 import d2_maskext
 from d2_maskext.config import add_maskext_config
@@ -28,7 +29,7 @@ def test_stock_defaults_are_unchanged_by_plugin_keys():
 
 
 def test_import_registers_components():
-    assert d2_maskext.DETECTRON2_VERSION >= "0.6"
+    assert Version(d2_maskext.DETECTRON2_VERSION) >= Version("0.6")
     assert "MaskExtROIHeads" in ROI_HEADS_REGISTRY
     assert "StandardROIHeads" in ROI_HEADS_REGISTRY
     assert "DatasetMapper" in MAPPER_REGISTRY

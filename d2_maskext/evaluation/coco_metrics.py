@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from detectron2.evaluation.coco_evaluation import COCOevalMaxDets, _evaluate_predictions_on_coco
+from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from .._compat import evaluate_predictions_on_coco
 
 AP_METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASK_TITLES: dict[str, str] = {"bbox": "box", "segm": "mask", "boundary": "boundary"}
@@ -117,7 +119,7 @@ def evaluate_coco_results(
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
         if results:
-            coco_eval = _evaluate_predictions_on_coco(
+            coco_eval = evaluate_predictions_on_coco(
                 coco_gt,
                 copy.deepcopy(list(results)),
                 iou_type,

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL_to_numpy
+from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.utils.file_io import PathManager
 from PIL import Image
+
+from ..._compat import apply_exif_orientation
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _EXIF_ORIENTATION = 274
@@ -62,7 +64,7 @@ def read_image(path: str | os.PathLike, image_format: str | None) -> np.ndarray:
     """Decode an image in ``image_format`` (as Detectron2's ``read_image``), raising ``ImageReadError``."""
 
     def decode(image: Image.Image) -> np.ndarray:
-        image = _apply_exif_orientation(image)
+        image = apply_exif_orientation(image)
         if image_format == "BGR":
             return cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
         return convert_PIL_to_numpy(image, image_format)

@@ -8,6 +8,9 @@
     python tools/validate_dataset.py --format coco --image-root data/images --annotations data/train.json
     python tools/validate_dataset.py --format yolo --image-root images/train --annotations labels/train \\
         --thing-classes data.yaml
+    python tools/validate_dataset.py --format yolo --annotations data.yaml --split val
+    python tools/validate_dataset.py --format voc_instances --image-root VOC2012/JPEGImages \\
+        --annotations VOC2012 --thing-classes class_names.txt
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--annotations", help="with --format: the annotation file or folder")
     parser.add_argument("--thing-classes", help="with --format: names file, or comma-separated class names")
     parser.add_argument("--class-map", help="with --format instance_id_png: the class map JSON")
+    parser.add_argument("--split", help="with --format yolo and a data.yaml as --annotations: train, val or test")
+    parser.add_argument("--crowd-as-instances", action="store_true", help="coco: use iscrowd 1 as instances")
+    parser.add_argument("--split-components", action="store_true", help="binary_masks: one instance per component")
+    parser.add_argument("--min-component-area", type=int, default=1, help="with --split-components, in pixels")
     parser.add_argument("--allow-outside-root", action="store_true", help="accept annotation paths leaving the root")
     parser.add_argument("--no-images", action="store_true", help="check annotations only; do not decode images")
     parser.add_argument("--max-examples", type=int, default=5, help="examples shown per problem kind")
@@ -40,8 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if bool(args.format) == bool(args.config_file):
         parser.error("give either --config-file or --format (with --image-root and --annotations)")
-    if args.format and not (args.image_root and args.annotations):
-        parser.error("--format needs --image-root and --annotations")
+    if args.format and not (args.annotations and (args.image_root or args.split)):
+        parser.error("--format needs --image-root and --annotations (or a YOLO data.yaml with --split)")
     return args
 
 
@@ -62,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             thing_classes=_thing_classes(args.thing_classes),
             class_map=args.class_map,
             allow_outside_root=args.allow_outside_root,
+            split=args.split,
+            crowd_as_instances=args.crowd_as_instances,
+            split_components=args.split_components,
+            min_component_area=args.min_component_area,
         )
         names = [source.name]
     else:

@@ -20,11 +20,12 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .formats import DatasetSource, ProblemLog, format_names, load_dataset
+from .formats.yolo import is_data_yaml, resolve_data_yaml
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("name", "format", "image_root", "annotations")
-OPTIONAL_KEYS = ("thing_classes", "class_map")
+OPTIONAL_KEYS = ("thing_classes", "class_map", "split", "crowd_as_instances", "split_components", "min_component_area")
 _SOURCES: dict[str, DatasetSource] = {}
 
 
@@ -59,23 +60,41 @@ class _LoadOnce:
 def register_dataset(
     name: str,
     format: str,
-    image_root: str | os.PathLike,
+    image_root: str | os.PathLike | None,
     annotations: str | os.PathLike,
     *,
     thing_classes: Sequence[str] | str | os.PathLike | None = None,
     class_map: str | os.PathLike | None = None,
     allow_outside_root: bool = False,
+    split: str | None = None,
+    crowd_as_instances: bool = False,
+    split_components: bool = False,
+    min_component_area: int = 1,
 ) -> DatasetSource:
     """Register ``name`` in Detectron2's catalogs.
 
-    ``format`` is one of ``coco``, ``labelme``, ``binary_masks``, ``instance_id_png``, ``yolo`` (or one added
-    with ``@dataset_format``). ``annotations`` is the COCO JSON file, or the folder of LabelMe JSONs, masks
-    or YOLO labels. ``thing_classes`` is a list of class names or a names file (required for YOLO, optional
-    for LabelMe and mask folders, where classes are otherwise discovered). Registering the same declaration
-    again is a no-op; a different one under a taken name is an error.
+    ``format`` is one of ``coco``, ``labelme``, ``binary_masks``, ``instance_id_png``, ``voc_instances``,
+    ``yolo`` (or one added with ``@dataset_format``). ``annotations`` is the COCO JSON file, the VOC folder
+    holding ``SegmentationObject/`` and ``SegmentationClass/``, or the folder of LabelMe JSONs, masks or YOLO
+    labels. ``thing_classes`` is a list of class names or a names file (required for YOLO and VOC, optional
+    for LabelMe and mask folders, where classes are otherwise discovered). For YOLO, ``annotations`` may be
+    the ``data.yaml`` with ``split`` (``train``/``val``/``test``) instead, and ``image_root`` is then None.
+    ``crowd_as_instances`` (COCO) trains on ``iscrowd: 1`` annotations; ``split_components`` with
+    ``min_component_area`` (binary_masks) splits per-class masks into instances. Registering the same
+    declaration again is a no-op; a different one under a taken name is an error.
     """
     if format not in format_names():
         raise ValueError(f"dataset '{name}': unknown format {format!r}; known formats: {format_names()}")
+    if format == "yolo" and is_data_yaml(annotations):
+        data_yaml = Path(annotations)
+        image_root, annotations = resolve_data_yaml(data_yaml, split)
+        thing_classes = data_yaml if thing_classes is None else thing_classes
+    elif split is not None:
+        raise ValueError(f"dataset '{name}': split selects a split of a YOLO data.yaml given as annotations")
+    elif image_root is None:
+        raise ValueError(f"dataset '{name}': image_root is required (it may be omitted only for a YOLO data.yaml)")
+    if not isinstance(min_component_area, int) or min_component_area < 1:
+        raise ValueError(f"dataset '{name}': min_component_area must be a positive integer, got {min_component_area!r}")
     if isinstance(thing_classes, (str, os.PathLike)):
         classes: tuple[str, ...] | Path | None = Path(thing_classes)
     elif thing_classes is not None:
@@ -90,6 +109,9 @@ def register_dataset(
         thing_classes=classes,
         class_map=Path(class_map) if class_map is not None else None,
         allow_outside_root=allow_outside_root,
+        crowd_as_instances=bool(crowd_as_instances),
+        split_components=bool(split_components),
+        min_component_area=min_component_area,
     )
     if name in _SOURCES:
         if _SOURCES[name] == source:
@@ -112,8 +134,9 @@ def register_declared_datasets(cfg: CfgNode) -> list[str]:
     """Register every entry of ``cfg.DATASETS.REGISTER``; return their names.
 
     Each entry is a mapping with keys ``name``, ``format``, ``image_root``, ``annotations`` and optionally
-    ``thing_classes`` and ``class_map`` (keys are case-insensitive); relative paths are relative to the
-    working directory, as for Detectron2's built-in datasets.
+    the other arguments of :func:`register_dataset` (keys are case-insensitive; ``image_root`` may be omitted
+    for a YOLO ``data.yaml`` with ``split``); relative paths are relative to the working directory, as for
+    Detectron2's built-in datasets.
     """
     names = []
     for index, entry in enumerate(cfg.DATASETS.REGISTER):
@@ -121,13 +144,14 @@ def register_declared_datasets(cfg: CfgNode) -> list[str]:
         if not isinstance(entry, dict):
             raise ValueError(f"{where} must be a mapping with keys {REQUIRED_KEYS} (+ optional {OPTIONAL_KEYS}), got {entry!r}")
         entry = {str(k).lower(): v for k, v in entry.items()}
-        missing = [k for k in REQUIRED_KEYS if k not in entry]
+        missing = [k for k in REQUIRED_KEYS if k not in entry and not (k == "image_root" and "split" in entry)]
         unknown = sorted(set(entry) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
         if missing or unknown:
             raise ValueError(
                 f"{where}: missing keys {missing}, unknown keys {unknown}; "
                 f"expected {REQUIRED_KEYS} and optionally {OPTIONAL_KEYS}"
             )
+        entry.setdefault("image_root", None)
         register_dataset(**entry, allow_outside_root=cfg.DATASETS.ALLOW_PATHS_OUTSIDE_ROOT)
         names.append(entry["name"])
     return names

@@ -1,4 +1,4 @@
-"""Dataset formats: COCO JSON, LabelMe folders, instance-mask PNG folders and YOLO segmentation labels.
+"""Dataset formats: COCO JSON, LabelMe folders, instance-mask PNG folders, VOC instance PNGs and YOLO labels.
 
 Each format is a loader registered with ``@dataset_format(name)``; ``register_dataset`` selects one by
 name. Importing this package registers the built-in formats.
@@ -6,7 +6,7 @@ name. Importing this package registers the built-in formats.
 
 from __future__ import annotations
 
-from . import coco, labelme, mask_png, yolo  # noqa: F401  (registration happens on import)
+from . import coco, labelme, mask_png, voc, yolo  # noqa: F401  (registration happens on import)
 from .base import DatasetSource, LoadedDataset, dataset_format, format_names, load_dataset
 from .image_files import ImageReadError, read_image
 from .problems import PROBLEM_KINDS, DatasetError, ProblemLog, Severity

@@ -38,6 +38,12 @@ class DatasetSource:
     class_map: Path | None = None
     # Accept paths inside annotation files (COCO file_name, LabelMe imagePath) that leave image_root.
     allow_outside_root: bool = False
+    # coco only: train on iscrowd 1 annotations as instances (CVAT's COCO export marks every mask crowd).
+    crowd_as_instances: bool = False
+    # binary_masks only: one mask per class and image, split into instances by connected components
+    # (8-connectivity); components smaller than min_component_area pixels are dropped and counted.
+    split_components: bool = False
+    min_component_area: int = 1
 
 
 @dataclass
@@ -246,6 +252,25 @@ def mask_annotation(mask: np.ndarray, category_id: int, problems: ProblemLog, fi
         problems.add("zero_area_box", file, where, "mask is empty")
         return None
     return {"bbox": [x, y, w, h], "bbox_mode": BoxMode.XYWH_ABS, "segmentation": rle, "category_id": category_id, "iscrowd": 0}
+
+
+def ignore_region(annotation: dict) -> dict:
+    """``annotation`` turned into an ignore region: crowd, so Detectron2 does not train on it and COCOeval
+    does not count predictions inside it; ``expand_ignore_regions`` gives it every class."""
+    return {**annotation, "iscrowd": 1, "category_id": -1}
+
+
+def expand_ignore_regions(records: list[dict], num_classes: int) -> None:
+    """Replace each class-less ignore region by one crowd region per class: COCOeval ignores a prediction
+    only inside a crowd region of its own class, and an ignore region holds for predictions of any class."""
+    for record in records:
+        annotations = []
+        for annotation in record["annotations"]:
+            if annotation["iscrowd"] and annotation["category_id"] == -1:
+                annotations.extend({**annotation, "category_id": k} for k in range(num_classes))
+            else:
+                annotations.append(annotation)
+        record["annotations"] = annotations
 
 
 class NamedCategories:

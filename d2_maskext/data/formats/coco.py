@@ -3,10 +3,16 @@
 Produces the same records as Detectron2's ``load_coco_json`` (images sorted by id, contiguous category ids
 in the order of the sorted dataset ids), but checks every entry and reports problems by their index in
 the file instead of asserting on the first one.
+
+Crowd annotations (``iscrowd: 1``) are kept and, as in Detectron2, not trained on. CVAT's COCO export writes
+every mask annotation as RLE with ``iscrowd: 1``; a dataset where most instances are crowd is reported, and
+``crowd_as_instances`` trains on them as ordinary instances (evaluation then converts the loaded records
+instead of reading the file, so it treats them as instances too).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,8 @@ from .base import (
 )
 from .problems import DatasetError, ProblemLog
 
+logger = logging.getLogger(__name__)
+
 
 @dataset_format("coco")
 def load_coco(source: DatasetSource, problems: ProblemLog) -> LoadedDataset:
@@ -42,11 +50,30 @@ def load_coco(source: DatasetSource, problems: ProblemLog) -> LoadedDataset:
     id_map, thing_classes = _read_categories(data["categories"], path, problems)
     records, known_image_ids = _read_images(data["images"], source, problems)
     _read_annotations(data["annotations"], records, known_image_ids, id_map, path, problems)
-    return LoadedDataset(
-        [records[i] for i in sorted(records)],
-        thing_classes,
-        {"json_file": os.fspath(path), "thing_dataset_id_to_contiguous_id": id_map},
-    )
+    loaded = [records[i] for i in sorted(records)]
+    metadata = {"thing_dataset_id_to_contiguous_id": id_map}
+    if source.crowd_as_instances:
+        for record in loaded:
+            for annotation in record["annotations"]:
+                annotation["iscrowd"] = 0
+    else:
+        _check_crowd_share(source, loaded, problems)
+        metadata["json_file"] = os.fspath(path)
+    return LoadedDataset(loaded, thing_classes, metadata)
+
+
+def _check_crowd_share(source: DatasetSource, records: list[dict], problems: ProblemLog) -> None:
+    """Most instances crowd (as CVAT exports masks): Detectron2 would train on almost nothing; say how to fix it."""
+    total = sum(len(r["annotations"]) for r in records)
+    crowd = sum(a["iscrowd"] for r in records for a in r["annotations"])
+    if total and crowd * 2 > total:
+        detail = (
+            f"{crowd} of {total} instances are iscrowd 1, which Detectron2 does not train on (CVAT's COCO export "
+            f"marks every mask so); set 'crowd_as_instances: true' in the DATASETS.REGISTER entry of "
+            f"'{source.name}' (register_dataset(..., crowd_as_instances=True)) to use them as instances"
+        )
+        problems.add("mostly_crowd", source.annotations, "", detail)
+        logger.warning("dataset '%s': %s", source.name, detail)
 
 
 def _read_categories(categories: list, path: Path, problems: ProblemLog) -> tuple[dict[int, int], list[str]]:

@@ -7,6 +7,7 @@ than the negative-stride view Detectron2 returns.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -37,13 +38,15 @@ class ImageReadError(OSError):
         return type(self), (self.path, self.reason, self.missing)
 
 
-def _decode(path: str | os.PathLike, decode):
-    """Open ``path`` with Pillow and run ``decode(image)`` inside the open file, translating every failure.
+def _decode(path: str | os.PathLike, decode, data: bytes | None = None):
+    """Open ``path`` (or ``data``, the file's bytes already in memory, named ``path`` in errors) with Pillow and
+    run ``decode(image)`` inside the open file, translating every failure.
 
     Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and raises above twice that; both are refused here.
     """
     try:
-        with PathManager.open(os.fspath(path), "rb") as f, warnings.catch_warnings():
+        opened = io.BytesIO(data) if data is not None else PathManager.open(os.fspath(path), "rb")
+        with opened as f, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return decode(Image.open(f))
     except FileNotFoundError as e:
@@ -100,15 +103,20 @@ def decoded_size(path: str | os.PathLike) -> tuple[int, int]:
     return _decode(path, decode)
 
 
+def _label_array(image: Image.Image) -> np.ndarray:
+    if image.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
+        raise ValueError(f"expected a single-channel PNG, got mode {image.mode}")
+    return np.asarray(image)
+
+
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """A single-channel PNG (binary mask or instance ids; 1-, 8- or 16-bit, or palette indices) as a 2-D array."""
+    return _decode(path, _label_array)
 
-    def decode(image: Image.Image) -> np.ndarray:
-        if image.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
-            raise ValueError(f"expected a single-channel PNG, got mode {image.mode}")
-        return np.asarray(image)
 
-    return _decode(path, decode)
+def decode_label_png(data: bytes, name: str) -> np.ndarray:
+    """``read_label_png`` for PNG bytes in memory (LabelMe's base64 masks); errors name ``name``."""
+    return _decode(name, _label_array, data)
 
 
 def list_images(root: Path, exclude: Path | None = None) -> list[Path]:

@@ -1,16 +1,26 @@
-"""LabelMe JSON folders: one JSON per image with polygon, rectangle and circle shapes.
+"""LabelMe JSON folders: one JSON per image with polygon, rectangle, circle and mask shapes.
 
 Shapes sharing a label and a non-null ``group_id`` form one instance (as in LabelMe's ``labelme2coco``).
 Rectangles become 4-corner polygons; circles (centre and a point on the rim) become polygons with LabelMe's
-own vertex count, so every LabelMe dataset works with ``INPUT.MASK_FORMAT "polygon"`` as well as "bitmask".
+own vertex count, so a dataset of these shapes works with ``INPUT.MASK_FORMAT "polygon"`` as well as
+"bitmask". A ``mask`` shape (a base64 PNG of its box, LabelMe's AI-assisted masks) makes its instance an
+exact RLE mask (``INPUT.MASK_FORMAT "bitmask"``). ``point``, ``line`` and ``linestrip`` shapes have no area
+and are reported and skipped.
+
+LabelMe's own conventions: a ``labels.txt`` as ``thing_classes`` may start with ``__ignore__`` and
+``_background_``, which are not classes; shapes labelled ``__ignore__`` become ignore regions (crowd: not
+trained on, and predictions inside them are not counted by COCO evaluation), as ``labelme2voc`` treats them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from pathlib import Path
 
 import numpy as np
+from detectron2.structures import polygons_to_bitmask
 from tqdm import tqdm
 
 from .base import (
@@ -19,15 +29,21 @@ from .base import (
     NamedCategories,
     clean_polygons,
     dataset_format,
+    expand_ignore_regions,
+    ignore_region,
     is_finite_number,
+    mask_annotation,
     polygon_annotation,
     read_class_names,
     read_json,
     resolve_inside_root,
 )
+from .image_files import ImageReadError, decode_label_png
 from .problems import ProblemLog
 
-SHAPE_TYPES = ("polygon", "rectangle", "circle")
+SHAPE_TYPES = ("polygon", "rectangle", "circle", "mask")
+IGNORE_LABEL = "__ignore__"
+BACKGROUND_LABEL = "_background_"
 
 
 @dataset_format("labelme")
@@ -36,14 +52,21 @@ def load_labelme(source: DatasetSource, problems: ProblemLog) -> LoadedDataset:
     if not folder.is_dir():
         problems.add("malformed", folder, "", "LabelMe annotations must be a folder of JSON files")
         return LoadedDataset([], [])
-    given = read_class_names(source.thing_classes) if source.thing_classes is not None else None
+    given = labelme_class_names(read_class_names(source.thing_classes)) if source.thing_classes is not None else None
     categories = NamedCategories(given)
     records = []
     for path in tqdm(sorted(folder.rglob("*.json")), desc=f"loading {source.name}", unit="file", leave=False):
         record = _read_file(path, source, categories, problems)
         if record is not None:
             records.append(record)
-    return LoadedDataset(records, categories.resolve(problems))
+    classes = categories.resolve(problems)
+    expand_ignore_regions(records, len(classes))
+    return LoadedDataset(records, classes)
+
+
+def labelme_class_names(names: list[str]) -> list[str]:
+    """Class names without LabelMe's special labels (``labels.txt`` starts with ``__ignore__``, ``_background_``)."""
+    return [name for name in names if name not in (IGNORE_LABEL, BACKGROUND_LABEL)]
 
 
 def _read_file(path: Path, source: DatasetSource, categories: NamedCategories, problems: ProblemLog) -> dict | None:
@@ -66,14 +89,36 @@ def _read_file(path: Path, source: DatasetSource, categories: NamedCategories, p
         return None
     annotations: list[dict] = []
     for label, group in _instances(data["shapes"], path, problems).items():
-        polygons = []
-        for k, shape in group:
-            polygons.extend(_shape_polygons(shape, height, width, problems, path, f"shapes[{k}] ({label[0]!r})") or [])
         where = f"shapes[{group[0][0]}] ({label[0]!r})"
-        annotation = polygon_annotation(polygons, -1, height, width, problems, path, where) if polygons else None
-        if annotation is not None:
+        annotation = _instance_annotation(group, label[0], height, width, problems, path)
+        if annotation is None:
+            continue
+        if label[0] == IGNORE_LABEL:
+            annotations.append(ignore_region(annotation))
+        else:
             categories.add(annotations, annotation, label[0], path, where)
     return {"file_name": str(image), "height": height, "width": width, "annotations": annotations}
+
+
+def _instance_annotation(
+    group: list[tuple[int, dict]], label: str, height: int, width: int, problems: ProblemLog, path: Path
+) -> dict | None:
+    """One instance from its shapes: polygons, or an RLE mask when a ``mask`` shape is among them."""
+    polygons, masks = [], []
+    for k, shape in group:
+        where = f"shapes[{k}] ({label!r})"
+        if shape.get("shape_type") == "mask":
+            mask = _shape_mask(shape, height, width, problems, path, where)
+            masks.extend([] if mask is None else [mask])
+        else:
+            polygons.extend(_shape_polygons(shape, height, width, problems, path, where) or [])
+    where = f"shapes[{group[0][0]}] ({label!r})"
+    if masks:
+        union = np.logical_or.reduce(masks)
+        if polygons:
+            union |= polygons_to_bitmask([np.asarray(p) for p in polygons], height, width)
+        return mask_annotation(union, -1, problems, path, where)
+    return polygon_annotation(polygons, -1, height, width, problems, path, where) if polygons else None
 
 
 def _instances(shapes: list, path: Path, problems: ProblemLog) -> dict[tuple, list[tuple[int, dict]]]:
@@ -86,6 +131,9 @@ def _instances(shapes: list, path: Path, problems: ProblemLog) -> dict[tuple, li
         shape_type = shape.get("shape_type") or "polygon"
         if shape_type not in SHAPE_TYPES:
             problems.add("unsupported_shape", path, f"shapes[{k}]", f"shape_type {shape_type!r} is not one of {SHAPE_TYPES}")
+            continue
+        if shape["label"] == BACKGROUND_LABEL:
+            problems.add("unsupported_shape", path, f"shapes[{k}]", f"label {BACKGROUND_LABEL!r} is LabelMe's background")
             continue
         group_id = shape.get("group_id")
         key = (shape["label"], group_id) if group_id is not None else (shape["label"], None, k)
@@ -110,6 +158,42 @@ def _shape_polygons(shape: dict, height: int, width: int, problems: ProblemLog, 
     else:
         flat = circle_polygon(points[0], points[1])
     return clean_polygons([flat], height, width, problems, path, where)
+
+
+def _shape_mask(shape: dict, height: int, width: int, problems: ProblemLog, path: Path, where: str) -> np.ndarray | None:
+    """A ``mask`` shape as an image-sized boolean mask: its PNG covers the box ``points`` (both corners
+    inclusive, as LabelMe pastes it); parts outside the image are clipped and reported."""
+    points = shape["points"]
+    if len(points) != 2 or not all(isinstance(p, (list, tuple)) and len(p) == 2 and all(is_finite_number(v) for v in p) for p in points):
+        problems.add("malformed", path, where, "a mask shape needs 'points': the two corners [x, y] of its box")
+        return None
+    if not isinstance(shape.get("mask"), str):
+        problems.add("malformed", path, where, "a mask shape needs 'mask': a base64 PNG of its box")
+        return None
+    try:
+        crop = decode_label_png(base64.b64decode(shape["mask"], validate=True), f"{path} {where} 'mask'") > 0
+    except (binascii.Error, ValueError) as e:
+        problems.add("malformed", path, where, f"'mask' is not base64: {e}")
+        return None
+    except ImageReadError as e:
+        problems.add("malformed", path, where, f"'mask' is not a PNG mask: {e.reason}")
+        return None
+    (x1, y1), (x2, y2) = ((int(x), int(y)) for x, y in points)
+    if crop.shape != (y2 - y1 + 1, x2 - x1 + 1):
+        problems.add(
+            "size_mismatch", path, where,
+            f"mask PNG is {crop.shape[1]}x{crop.shape[0]} but its box ({x1}, {y1})-({x2}, {y2}) is "
+            f"{x2 - x1 + 1}x{y2 - y1 + 1}",
+        )  # fmt: skip
+        return None
+    if x1 < 0 or y1 < 0 or x2 >= width or y2 >= height:
+        problems.add("polygon_outside_image", path, where, f"mask box ({x1}, {y1})-({x2}, {y2}), image is {width}x{height}")
+    mask = np.zeros((height, width), bool)
+    top, left = max(y1, 0), max(x1, 0)
+    bottom, right = min(y2 + 1, height), min(x2 + 1, width)
+    if bottom > top and right > left:
+        mask[top:bottom, left:right] = crop[top - y1 : bottom - y1, left - x1 : right - x1]
+    return mask
 
 
 def circle_polygon(center: list[float], rim: list[float]) -> list[float]:

@@ -6,14 +6,20 @@
   are instance ids (0 = background; 8- or 16-bit, or palette indices), plus ``class_map``: a JSON file
   ``{"<image path without extension>": {"<instance id>": "<class>"}}``.
 
+``binary_masks`` with ``split_components`` reads datasets that have one mask per class and image (semantic
+masks): each PNG is split into instances by connected components (8-connectivity), and components smaller
+than ``min_component_area`` pixels are dropped and counted.
+
 Classes are ``thing_classes`` if given, else the sorted set of class names found. Masks become exact
 compressed RLE, so these datasets need ``INPUT.MASK_FORMAT "bitmask"``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -44,10 +50,15 @@ def load_binary_masks(source: DatasetSource, problems: ProblemLog) -> LoadedData
 
     def read(image: Path, masks: list[Path], size: tuple[int, int], categories, annotations, problems) -> None:
         for path in masks:
-            mask = _read_mask(path, size, problems)
-            annotation = mask is not None and mask_annotation(mask > 0, -1, problems, path, "")
-            if annotation:
-                categories.add(annotations, annotation, path.parent.name, path, f"class folder {path.parent.name!r}")
+            mask = read_sized_label_png(path, size, problems)
+            if mask is None:
+                continue
+            pieces = _components(mask > 0, source.min_component_area, path, problems) if source.split_components else [("", mask > 0)]
+            for where, piece in pieces:
+                annotation = mask_annotation(piece, -1, problems, path, where)
+                if annotation:
+                    label = path.parent.name
+                    categories.add(annotations, annotation, label, path, f"class folder {label!r}{where and ', ' + where}")
 
     return _load_images(source, problems, files, lambda p: p.parent.parent.relative_to(folder), read)
 
@@ -65,7 +76,7 @@ def load_instance_id_png(source: DatasetSource, problems: ProblemLog) -> LoadedD
 
     def read(image: Path, pngs: list[Path], size: tuple[int, int], categories, annotations, problems) -> None:
         for path in pngs:
-            ids = _read_mask(path, size, problems)
+            ids = read_sized_label_png(path, size, problems)
             if ids is None:
                 continue
             key = path.relative_to(folder).with_suffix("").as_posix()
@@ -82,6 +93,19 @@ def load_instance_id_png(source: DatasetSource, problems: ProblemLog) -> LoadedD
 
     files = sorted(folder.rglob("*.png"))
     return _load_images(source, problems, files, lambda p: p.relative_to(folder).with_suffix(""), read)
+
+
+def _components(mask: np.ndarray, min_area: int, path: Path, problems: ProblemLog) -> Iterator[tuple[str, np.ndarray]]:
+    """Connected components (8-connectivity) of a binary mask, largest first; small ones are reported."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    for index in np.argsort(-areas, kind="stable") + 1:
+        x, y = stats[index, cv2.CC_STAT_LEFT], stats[index, cv2.CC_STAT_TOP]
+        where = f"component at x {x}, y {y}"
+        if stats[index, cv2.CC_STAT_AREA] < min_area:
+            problems.add("small_component", path, where, f"{stats[index, cv2.CC_STAT_AREA]} px < min_component_area {min_area}")
+            continue
+        yield where, labels == index
 
 
 def _load_images(source: DatasetSource, problems: ProblemLog, files: list[Path], image_key, read) -> LoadedDataset:
@@ -103,7 +127,8 @@ def _load_images(source: DatasetSource, problems: ProblemLog, files: list[Path],
     return LoadedDataset(records, categories.resolve(problems))
 
 
-def _read_mask(path: Path, size: tuple[int, int], problems: ProblemLog) -> np.ndarray | None:
+def read_sized_label_png(path: Path, size: tuple[int, int], problems: ProblemLog) -> np.ndarray | None:
+    """A label PNG (mask, instance or class indices) of the image's ``size``; None after recording why not."""
     try:
         mask = read_label_png(path)
     except ImageReadError as e:

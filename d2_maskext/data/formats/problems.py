@@ -39,8 +39,13 @@ PROBLEM_KINDS: dict[str, ProblemKind] = {
     "degenerate_polygon": ProblemKind(Severity.DROPPED, "polygon with fewer than 3 points (instance dropped if none is left)"),
     "zero_area_box": ProblemKind(Severity.DROPPED, "box or mask with zero area (instance dropped)"),
     "missing_segmentation": ProblemKind(Severity.DROPPED, "instance without a mask in a dataset with masks (dropped)"),
-    "unsupported_shape": ProblemKind(Severity.DROPPED, "LabelMe shape type that is not polygon, rectangle or circle"),
+    "unsupported_shape": ProblemKind(
+        Severity.DROPPED, "LabelMe shape without area (point, line, linestrip) or labelled _background_ (skipped)"
+    ),
+    "small_component": ProblemKind(Severity.DROPPED, "connected component under min_component_area (dropped)"),
+    "mixed_instance_class": ProblemKind(Severity.KEPT, "instance whose pixels carry several classes (the most frequent is used)"),
     "polygon_outside_image": ProblemKind(Severity.KEPT, "polygon points outside the image (clipped when rasterized)"),
+    "mostly_crowd": ProblemKind(Severity.KEPT, "most instances are crowd (iscrowd 1), so training ignores them"),
     "no_annotations": ProblemKind(Severity.KEPT, "image without annotations (DATALOADER.FILTER_EMPTY_ANNOTATIONS decides)"),
 }
 

@@ -71,8 +71,10 @@ def _add_head_config(cfg: CN) -> None:
 def _add_data_config(cfg: CN) -> None:
     """Declared datasets, mapper choice, fault handling and augmentation options."""
     # Datasets registered at start-up in every process, without code: a list of mappings with keys name,
-    # format (coco, labelme, binary_masks, instance_id_png, yolo), image_root, annotations, and optionally
-    # thing_classes (list or names file) and class_map (instance_id_png). See the README's data section.
+    # format (coco, labelme, binary_masks, instance_id_png, voc_instances, yolo), image_root, annotations, and
+    # optionally thing_classes (list or names file), class_map (instance_id_png), crowd_as_instances (coco),
+    # split_components and min_component_area (binary_masks), split (yolo data.yaml, no image_root).
+    # See the README's data section.
     cfg.DATASETS.REGISTER = []
     # Paths inside annotation files (COCO file_name, LabelMe imagePath) must stay inside image_root.
     cfg.DATASETS.ALLOW_PATHS_OUTSIDE_ROOT = False

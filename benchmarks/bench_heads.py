@@ -3,7 +3,8 @@
 
 For each config in ``configs/synthetic/variants`` plus the stock base config: train ``--iters``
 iterations on ``maskext_synth_train`` (from scratch, or from a stock checkpoint with ``--weights``),
-evaluate COCO box/mask AP on ``maskext_synth_val`` and time inference image by image. Prints box AP, mask AP, mask AP75, training s/iter (median),
+evaluate COCO box/mask/Boundary AP on ``maskext_synth_val`` and time inference image by image. Prints box AP, mask AP, mask AP75,
+Boundary AP, training s/iter (median),
 inference ms/image (median), parameter counts, and ratios to stock. Each variant's numbers are saved
 to ``<out>/<variant>/result.json``, so an interrupted run resumes where it stopped.
 
@@ -24,7 +25,6 @@ from pathlib import Path
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader
-from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
@@ -33,6 +33,7 @@ from tqdm import tqdm
 from d2_maskext.config import add_maskext_config
 from d2_maskext.data.mappers import build_mapper
 from d2_maskext.engine import Trainer
+from d2_maskext.evaluation.coco_evaluator import MaskExtCOCOEvaluator
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
 STOCK = "stock"
@@ -67,7 +68,7 @@ def evaluate_and_time(cfg: CfgNode, model: torch.nn.Module, output_dir: Path, ma
     dataset = cfg.DATASETS.TEST[0]
     DatasetCatalog.get(dataset)  # generated before the evaluator reads its JSON
     loader = build_detection_test_loader(cfg, dataset, mapper=build_mapper(cfg, is_train=False))
-    evaluator = COCOEvaluator(dataset, tasks=("bbox", "segm"), distributed=False, output_dir=str(output_dir))
+    evaluator = MaskExtCOCOEvaluator(dataset, tasks=("bbox", "segm"), distributed=False, output_dir=str(output_dir))
     evaluator.reset()
     times = []
     model.eval()
@@ -84,6 +85,7 @@ def evaluate_and_time(cfg: CfgNode, model: torch.nn.Module, output_dir: Path, ma
         "box_AP": metrics["bbox"]["AP"],
         "mask_AP": metrics["segm"]["AP"],
         "mask_AP75": metrics["segm"]["AP75"],
+        "boundary_AP": metrics["boundary"]["AP"],
         "infer_ms_per_image": 1000 * statistics.median(times[1:] or times),
         "eval_images": len(times),
     }
@@ -149,15 +151,16 @@ def format_table(results: list[dict]) -> str:
     """Markdown table; ratios are relative to the stock heads measured in the same run."""
     stock = next((r for r in results if r["variant"] == STOCK), None)
     lines = [
-        "| variant | box AP | mask AP | mask AP75 | train s/iter | infer ms/img | params (M) | ROI heads (M) | mask head (M) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | box AP | mask AP | mask AP75 | boundary AP | train s/iter | infer ms/img | params (M) | ROI heads (M) | mask head (M) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         def ratio(key: str, r: dict = r) -> str:
             return f" ({r[key] / stock[key]:.2f}x)" if stock and r is not stock and stock[key] else ""
 
+        boundary = f"{r['boundary_AP']:.1f}" if "boundary_AP" in r else "n/a"  # results saved before Boundary AP
         lines.append(
-            f"| {r['variant']} | {r['box_AP']:.1f} | {r['mask_AP']:.1f} | {r['mask_AP75']:.1f} "
+            f"| {r['variant']} | {r['box_AP']:.1f} | {r['mask_AP']:.1f} | {r['mask_AP75']:.1f} | {boundary} "
             f"| {r['train_s_per_iter']:.2f}{ratio('train_s_per_iter')} | {r['infer_ms_per_image']:.0f}{ratio('infer_ms_per_image')} "
             f"| {r['params_M']:.2f} | {r['roi_heads_params_M']:.2f} | {r['mask_head_params_M']:.3f}{ratio('mask_head_params_M')} |"
         )

@@ -110,7 +110,8 @@ class _HtmlImages(HTMLParser):
         attrs = dict(attrs)
         if tag == "img":
             self.img_sources.append(attrs.get("src", ""))
-        if tag in ("script", "link", "iframe") or (tag != "img" and "src" in attrs):
+        # The inline table-sorting script is allowed; anything loaded from elsewhere is not.
+        if tag in ("link", "iframe") or (tag != "img" and "src" in attrs):
             self.external.append(tag)
         self._in_h2 = tag == "h2"
 

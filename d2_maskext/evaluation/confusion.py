@@ -39,6 +39,32 @@ class ConfusionMatrix:
     def spurious(self) -> np.ndarray:
         return self.counts[-1, :-1]
 
+    def _between_classes(self) -> np.ndarray:
+        """(K, K) counts of one class's instances taken by another class's predictions (diagonal zeroed)."""
+        between = self.counts[:-1, :-1].copy()
+        np.fill_diagonal(between, 0)
+        return between
+
+    def most_confused_classes(self, n: int) -> list[int]:
+        """Indices of the ``n`` classes most often involved in a confusion, as ground truth or as prediction;
+        ties (e.g. no confusions at all) go to the class with more missed plus spurious instances."""
+        between = self._between_classes()
+        confusions = between.sum(axis=0) + between.sum(axis=1)
+        order = np.lexsort((-(self.missed + self.spurious), -confusions))
+        return [int(k) for k in order[:n]]
+
+    def top_confused_pairs(self, n: int) -> list[tuple[int, int, int]]:
+        """Up to ``n`` ``(ground-truth class, predicted class, count)`` with a nonzero count, most frequent first."""
+        between = self._between_classes()
+        flat = np.argsort(-between, axis=None, kind="stable")[:n]
+        pairs = [(int(r), int(c), int(between[r, c])) for r, c in zip(*np.unravel_index(flat, between.shape))]
+        return [pair for pair in pairs if pair[2] > 0]
+
+    def restricted(self, class_indices: list[int]) -> ConfusionMatrix:
+        """The rows and columns of ``class_indices`` (in that order) plus background."""
+        keep = [*class_indices, len(self.class_names)]
+        return ConfusionMatrix([self.class_names[k] for k in class_indices], self.counts[np.ix_(keep, keep)])
+
 
 def _geometry(coco: COCO, ann: dict, iou_type: str):
     return ann["bbox"] if iou_type == "bbox" else coco.annToRLE(ann)

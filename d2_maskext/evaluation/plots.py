@@ -1,8 +1,12 @@
-"""Report figures rendered with matplotlib's Agg canvas straight to PNG bytes (no pyplot, no display)."""
+"""Report figures built on matplotlib's Agg canvas (no pyplot, no display); ``figure_to_png`` renders them.
+
+The builders return the ``Figure`` so that what a figure shows (panels, legend entries) can be checked.
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -21,7 +25,7 @@ def figure_to_png(fig: Figure, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-def per_class_ap_chart(class_names: list[str], ap_by_task: dict[str, np.ndarray]) -> bytes:
+def per_class_ap_figure(class_names: list[str], ap_by_task: dict[str, np.ndarray]) -> Figure:
     """Grouped bars: one group per class, one bar per task; classes without ground truth say n/a."""
     fig = Figure(figsize=(max(6.0, 0.9 * len(class_names) + 2), 3.8))
     ax = fig.add_subplot()
@@ -42,23 +46,65 @@ def per_class_ap_chart(class_names: list[str], ap_by_task: dict[str, np.ndarray]
     ax.set_ylim(0, 105)
     ax.legend(loc="upper right")
     ax.grid(axis="y", alpha=0.3)
-    return figure_to_png(fig)
+    return fig
 
 
-def pr_curve_chart(evaluation: TaskEvaluation, iou_threshold: float) -> bytes:
-    """Left: each class at ``iou_threshold``. Right: class mean at IoU 0.50, 0.75 and over 0.50:0.95."""
+def ranked_ap_figure(
+    class_names: list[str], ap_by_task: dict[str, np.ndarray], worst: Sequence[int], best: Sequence[int]
+) -> Figure:
+    """For many classes: the spread of AP over all classes (its legend names the tasks, whose colors the bars
+    share), then horizontal bars of the ``worst`` and ``best`` class indices."""
+    fig = Figure(figsize=(13, 1.2 + 0.32 * max(len(worst), len(best)) * max(1, len(ap_by_task)) ** 0.5))
+    spread, *panels = fig.subplots(1, 3, gridspec_kw={"width_ratios": (1, 1.2, 1.2)})
+    for task, ap in ap_by_task.items():
+        valid = ap[~np.isnan(ap)]
+        spread.hist(
+            valid, bins=np.linspace(0, 100, 21), histtype="step", linewidth=1.5, label=TASK_TITLES[task]
+        )
+    spread.set_title(f"AP of all {len(class_names)} classes", fontsize=10)
+    spread.set_xlabel("AP (IoU 0.50:0.95)")
+    spread.set_ylabel("classes")
+    spread.legend(fontsize=7)
+    height = 0.8 / max(1, len(ap_by_task))
+    for ax, indices, title in ((panels[0], worst, "worst"), (panels[1], best, "best")):
+        y = np.arange(len(indices))
+        for j, ap in enumerate(ap_by_task.values()):
+            values = ap[list(indices)]
+            bars = ax.barh(y + (j - (len(ap_by_task) - 1) / 2) * height, np.nan_to_num(values), height)
+            labels = ["n/a" if np.isnan(v) else f"{v:.1f}" for v in values]
+            ax.bar_label(bars, labels=labels, fontsize=7, padding=1)
+        ax.set_yticks(y, [class_names[k] for k in indices])
+        ax.invert_yaxis()
+        ax.set_xlim(0, 110)
+        ax.set_xlabel("AP (IoU 0.50:0.95)")
+        ax.set_title(f"{len(indices)} {title} classes", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def pr_curve_figure(
+    evaluation: TaskEvaluation, iou_threshold: float, class_groups: dict[str, Sequence[int]]
+) -> Figure:
+    """One panel per ``class_groups`` entry (panel title -> class indices) with each class's curve at
+    ``iou_threshold``, then the class mean at IoU 0.50, 0.75 and over 0.50:0.95."""
     coco_eval = evaluation.coco_eval
     recall = recall_thresholds(coco_eval)
-    fig = Figure(figsize=(11, 4))
-    left, right = fig.subplots(1, 2)
-    for name, precision in zip(evaluation.class_names, per_class_curves(coco_eval, iou_threshold)):
-        if not np.all(np.isnan(precision)):
-            left.plot(
-                recall,
-                precision,
-                label=f"{name} (AP{iou_threshold * 100:.0f} {np.mean(precision) * 100:.1f})",
-            )
-    left.set_title(f"{TASK_TITLES[evaluation.iou_type]}: per class, IoU {iou_threshold:.2f}")
+    curves = per_class_curves(coco_eval, iou_threshold)
+    fig = Figure(figsize=(5.5 * (len(class_groups) + 1), 4))
+    *group_axes, right = np.atleast_1d(fig.subplots(1, len(class_groups) + 1))
+    for ax, (title, indices) in zip(group_axes, class_groups.items()):
+        for k in indices:
+            if not np.all(np.isnan(curves[k])):
+                ap = np.mean(curves[k]) * 100
+                ax.plot(
+                    recall,
+                    curves[k],
+                    label=f"{evaluation.class_names[k]} (AP{iou_threshold * 100:.0f} {ap:.1f})",
+                )
+        ax.set_title(f"{TASK_TITLES[evaluation.iou_type]}: {title}, IoU {iou_threshold:.2f}", fontsize=10)
+        # Worst classes' curves run along the bottom, the best ones' along the top: the legend avoids them.
+        ax.legend(fontsize=7, loc="best")
     for label, iou in (("IoU 0.50", 0.5), ("IoU 0.75", 0.75), ("IoU 0.50:0.95", None)):
         curve = mean_curve(coco_eval, iou)
         right.plot(
@@ -66,18 +112,18 @@ def pr_curve_chart(evaluation: TaskEvaluation, iou_threshold: float) -> bytes:
             curve,
             label=f"{label} (AP {np.nanmean(curve) * 100:.1f})" if not np.all(np.isnan(curve)) else label,
         )
-    right.set_title(f"{TASK_TITLES[evaluation.iou_type]}: mean over classes")
-    for ax in (left, right):
+    right.set_title(f"{TASK_TITLES[evaluation.iou_type]}: mean over classes", fontsize=10)
+    right.legend(fontsize=7, loc="lower left")
+    for ax in (*group_axes, right):
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    return figure_to_png(fig)
+    return fig
 
 
-def confusion_matrix_chart(confusion: ConfusionMatrix, title: str) -> bytes:
+def confusion_matrix_figure(confusion: ConfusionMatrix, title: str) -> Figure:
     """Counts, colored by share of their ground-truth row (background row: by share of its own row)."""
     counts = confusion.counts.astype(float)
     row_sums = counts.sum(axis=1, keepdims=True)
@@ -97,7 +143,7 @@ def confusion_matrix_chart(confusion: ConfusionMatrix, title: str) -> bytes:
                 ha="center",
                 va="center",
                 fontsize=9,
-                color="white" if shares[r, c] > 0.6 else "black",
+                color="white" if shares[r, c] > 0.6 else "black" if counts[r, c] else "#bbb",
             )
     ax.set_xticks(range(n), confusion.labels, rotation=35, ha="right")
     ax.set_yticks(range(n), confusion.labels)
@@ -105,10 +151,10 @@ def confusion_matrix_chart(confusion: ConfusionMatrix, title: str) -> bytes:
     ax.set_ylabel("ground truth (background = spurious)")
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of row")
-    return figure_to_png(fig)
+    return fig
 
 
-def score_sweep_chart(sweeps: dict[str, ScoreSweep], report_threshold: float) -> bytes:
+def score_sweep_figure(sweeps: dict[str, ScoreSweep], report_threshold: float) -> Figure:
     """Precision, recall and F1 against the score threshold, one panel per task."""
     fig = Figure(figsize=(5.5 * len(sweeps), 3.8))
     axes = np.atleast_1d(fig.subplots(1, len(sweeps)))
@@ -132,4 +178,4 @@ def score_sweep_chart(sweeps: dict[str, ScoreSweep], report_threshold: float) ->
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-    return figure_to_png(fig)
+    return fig

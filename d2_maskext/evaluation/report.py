@@ -28,6 +28,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation import inference_on_dataset
+from matplotlib.figure import Figure
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
@@ -53,7 +54,8 @@ from .coco_metrics import (
 from .confusion import ConfusionMatrix, compute_confusion_matrix
 from .evaluator import build_evaluator
 from .image_matches import ImageMatches, ScoreSweep, collect_image_matches, score_sweep, worst_images
-from .report_html import fmt, note, page, png_img, section, table
+from .pr_curves import per_class_curves
+from .report_html import fmt, note, page, png_img, scrolling, section, table
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,13 @@ _ERROR = (0.9, 0.12, 0.12)
 _IGNORED = (0.55, 0.55, 0.55)
 _PANEL_WIDTH = 360
 COCO_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+# Above this many classes, per-class figures show a ranked selection instead of every class (an 80-entry legend
+# or matrix cannot be read); the per-class table stays complete and metrics.json keeps every number.
+MANY_CLASSES = 15
+RANKED_AP_CLASSES = 10  # worst and best classes in the per-class AP bars
+PR_CURVE_CLASSES = 5  # worst and best classes with precision-recall curves
+CONFUSION_MATRIX_CLASSES = 12  # most confused classes in the drawn confusion matrix
+CONFUSED_PAIRS = 20  # ranked (ground truth, predicted as) pairs listed under it
 
 
 @dataclass(frozen=True)
@@ -305,38 +314,84 @@ def _per_class_section(analysis: _Analysis, coco_gt: COCO, options: ReportOption
     ap_by_task = {task: e.per_class_ap() for task, e in analysis.evaluations.items()}
     cat_ids = evaluation.coco_eval.params.catIds
     gt_counts = [len(coco_gt.getAnnIds(catIds=[c], iscrowd=False)) for c in cat_ids]
-    rows = [
-        [
-            name,
-            gt_counts[k],
-            *(fmt(ap[k]) for ap in ap_by_task.values()),
-            analysis.confusion.missed[k],
-            analysis.confusion.spurious[k],
-        ]
-        for k, name in enumerate(names)
-    ]
     headers = ["class", "instances", *(f"{TASK_TITLES[t]} AP" for t in ap_by_task), "missed", "spurious"]
+
+    def row(k: int) -> list:
+        aps = (fmt(ap[k]) for ap in ap_by_task.values())
+        return [names[k], gt_counts[k], *aps, analysis.confusion.missed[k], analysis.confusion.spurious[k]]
+
+    matching = (
+        f"Missed / spurious: {TASK_TITLES[analysis.analysis_task]} matches at IoU {options.iou_threshold:g}, "
+        f"predictions with score >= {options.score_threshold:g} (see the confusion matrix). Click a column "
+        "header to sort."
+    )
+    if len(names) <= MANY_CLASSES:
+        return section(
+            "Per-class AP",
+            _figure_img(plots.per_class_ap_figure(names, ap_by_task), "per-class AP"),
+            table(headers, [row(k) for k in range(len(names))], sortable=True),
+            note(matching),
+        )
+    ranking_ap = ap_by_task[analysis.analysis_task]
+    worst, best = _worst_and_best(ranking_ap, RANKED_AP_CLASSES)
+    ranked = _worst_first(ranking_ap)
+    unranked = [k for k in range(len(names)) if np.isnan(ranking_ap[k])]
+    rows = [[rank, *row(k)] for rank, k in enumerate(ranked, start=1)] + [["n/a", *row(k)] for k in unranked]
     return section(
         "Per-class AP",
-        png_img(plots.per_class_ap_chart(names, ap_by_task), "per-class AP"),
-        table(headers, rows),
+        _figure_img(plots.ranked_ap_figure(names, ap_by_task, worst, best), "per-class AP, worst and best"),
         note(
-            f"Missed / spurious: {TASK_TITLES[analysis.analysis_task]} matches at IoU {options.iou_threshold:g}, "
-            f"predictions with score >= {options.score_threshold:g} (see the confusion matrix)."
+            f"{len(names)} classes: the spread of their AP, and the {len(worst)} worst and {len(best)} best by "
+            f"{TASK_TITLES[analysis.analysis_task]} AP. The table ranks every class, worst first (classes without "
+            "ground truth last); metrics.json has all numbers."
         ),
+        scrolling(table(["rank", *headers], rows, sortable=True)),
+        note(matching),
     )
 
 
+def _worst_first(values: np.ndarray) -> list[int]:
+    """Class indices by ascending value (ties in class order); classes without ground truth (NaN) left out."""
+    return [int(k) for k in np.argsort(values, kind="stable") if not np.isnan(values[k])]
+
+
+def _worst_and_best(values: np.ndarray, n: int) -> tuple[list[int], list[int]]:
+    """The ``n`` lowest and, among the rest, the ``n`` highest class indices of ``values`` (best first)."""
+    ranked = _worst_first(values)
+    return ranked[:n], ranked[n:][::-1][:n]
+
+
+def _pr_class_groups(evaluation: TaskEvaluation, iou_threshold: float) -> dict[str, list[int]]:
+    """Every class in one panel, or for many classes the worst and best few by AP at ``iou_threshold``."""
+    num_classes = len(evaluation.class_names)
+    if num_classes <= MANY_CLASSES:
+        return {"per class": list(range(num_classes))}
+    ap = np.mean(per_class_curves(evaluation.coco_eval, iou_threshold), axis=1)
+    worst, best = _worst_and_best(ap, PR_CURVE_CLASSES)
+    return {f"{len(worst)} worst classes": worst, f"{len(best)} best classes": best}
+
+
 def _pr_section(analysis: _Analysis, options: ReportOptions) -> str:
-    figures = [
-        png_img(plots.pr_curve_chart(e, options.iou_threshold), f"PR curves {t}")
-        for t, e in analysis.evaluations.items()
-    ]
+    figures = []
+    for task, evaluation in analysis.evaluations.items():
+        groups = _pr_class_groups(evaluation, options.iou_threshold)
+        drawn = "; ".join(
+            f"{title}: {', '.join(evaluation.class_names[k] for k in indices)}" for title, indices in groups.items()
+        )
+        figure = plots.pr_curve_figure(evaluation, options.iou_threshold, groups)
+        figures.append(_figure_img(figure, f"PR curves {TASK_TITLES[task]}, {drawn}"))
+    num_classes = len(analysis.evaluations[analysis.analysis_task].class_names)
+    selection = (
+        f" With {num_classes} classes, only the {PR_CURVE_CLASSES} worst and best by AP at IoU "
+        f"{options.iou_threshold:g} are drawn (each task ranked by its own AP)."
+        if num_classes > MANY_CLASSES
+        else ""
+    )
     return section(
         "Precision-recall curves",
         note(
             "COCOeval's interpolated precision at its 101 recall thresholds (area all, max detections); "
-            "the mean of each curve is the AP in its legend."
+            "the mean of each curve is the AP in its legend." + selection
         ),
         *figures,
     )
@@ -345,14 +400,40 @@ def _pr_section(analysis: _Analysis, options: ReportOptions) -> str:
 def _confusion_section(analysis: _Analysis, options: ReportOptions) -> str:
     task = TASK_TITLES[analysis.analysis_task]
     title = f"{task} IoU >= {options.iou_threshold:g}, score >= {options.score_threshold:g}"
+    matching = note(
+        "Predictions are matched to ground truth of any class, highest score first, each to the unmatched "
+        "instance it overlaps most. Last column: ground truth no prediction found (missed); last row: "
+        "predictions that match nothing (spurious)."
+    )
+    confusion = analysis.confusion
+    if len(confusion.class_names) <= MANY_CLASSES:
+        return section(
+            "Confusion matrix",
+            _figure_img(plots.confusion_matrix_figure(confusion, title), "confusion matrix"),
+            matching,
+        )
+    shown = confusion.restricted(confusion.most_confused_classes(CONFUSION_MATRIX_CLASSES))
+    row_sums = confusion.counts.sum(axis=1)
+    pairs = [
+        [rank, confusion.class_names[gt], confusion.class_names[dt], count, f"{count / row_sums[gt]:.1%}"]
+        for rank, (gt, dt, count) in enumerate(confusion.top_confused_pairs(CONFUSED_PAIRS), start=1)
+    ]
     return section(
         "Confusion matrix",
-        png_img(plots.confusion_matrix_chart(analysis.confusion, title), "confusion matrix"),
         note(
-            "Predictions are matched to ground truth of any class, highest score first, each to the unmatched "
-            "instance it overlaps most. Last column: ground truth no prediction found (missed); last row: "
-            "predictions that match nothing (spurious)."
+            f"The {len(shown.class_names)} of {len(confusion.class_names)} classes most often taken for another "
+            "class or predicted in place of one (ties: most missed plus spurious); rows and columns of the other "
+            "classes are left out, so a row's colors are shares of what is shown. metrics.json has the full matrix."
         ),
+        _figure_img(
+            plots.confusion_matrix_figure(shown, title),
+            f"confusion matrix of the {len(shown.class_names)} most confused classes",
+        ),
+        matching,
+        "<h3>Most confused pairs</h3>",
+        table(["rank", "ground truth", "predicted as", "instances", "share of ground truth"], pairs, sortable=True)
+        if pairs
+        else note("No instance was taken for another class."),
     )
 
 
@@ -385,7 +466,7 @@ def _sweep_section(analysis: _Analysis, options: ReportOptions) -> str:
     ]
     return section(
         "Score-threshold sweep",
-        png_img(plots.score_sweep_chart(analysis.sweeps, options.score_threshold), "score threshold sweep"),
+        _figure_img(plots.score_sweep_figure(analysis.sweeps, options.score_threshold), "score threshold sweep"),
         table(headers, rows),
         note(
             f"All classes pooled; a prediction is correct when COCOeval matched it at IoU {options.iou_threshold:g}."
@@ -493,6 +574,10 @@ def _worst_boundary_section(analysis: _Analysis, image_paths: dict[int, Path], o
         _legend(),
         *(figures or [note("Every outline is found exactly at this threshold.")]),
     )
+
+
+def _figure_img(fig: Figure, alt: str) -> str:
+    return png_img(plots.figure_to_png(fig), alt)
 
 
 def _png(image_rgb: np.ndarray) -> bytes:

@@ -20,7 +20,6 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
-from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils.visualizer import Visualizer
@@ -28,11 +27,11 @@ from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from .checkpoint import SafeCheckpointer
+from .data.formats.image_files import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
 from .evaluation.coco_metrics import load_coco_json
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
 
 
@@ -82,16 +81,11 @@ class PredictSummary:
     overlays: Path
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted) by extension."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def _read_images(paths: Sequence[Path], root: Path, skipped: list[str]) -> Iterator[Frame]:
     for index, path in enumerate(paths):
         try:
-            image = read_image(str(path), format="BGR")
-        except (OSError, ValueError) as e:
+            image = read_image(path, "BGR")
+        except ImageReadError as e:
             logger.warning("skipping image %d %s: cannot read it (%s)", index, path, e)
             skipped.append(str(path))
             continue
@@ -170,7 +164,7 @@ def _resolve_source(source: Path) -> tuple[list[Path], Path, bool]:
         raise ValueError(
             f"{source}: unknown file type (images: {sorted(IMAGE_EXTENSIONS)}, videos: {sorted(VIDEO_EXTENSIONS)})"
         )
-    paths = list_images(source)
+    paths = [source / relative for relative in list_images(source)]
     if not paths:
         raise ValueError(f"{source}: no images with extensions {sorted(IMAGE_EXTENSIONS)}")
     overlay_names = [Path(_frame_name(p, source)).with_suffix(".png") for p in paths]

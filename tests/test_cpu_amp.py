@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer
-from train_net_runner import REPO, TINY_MODEL_OPTS, tiny_cfg
+from train_net_runner import REPO, tiny_cfg
 
-from d2_maskext.config import add_maskext_config
 from d2_maskext.engine import Trainer
 from d2_maskext.engine.cpu_amp import CPUAutocastTrainer
 
@@ -54,11 +52,7 @@ VARIANTS = sorted((REPO / "configs" / "synthetic" / "variants").glob("*.yaml"))
 
 @pytest.mark.parametrize("config", VARIANTS, ids=lambda p: p.stem)
 def test_every_head_variant_trains_under_bfloat16_autocast(tmp_path, config: Path):
-    cfg = add_maskext_config(get_cfg())
-    cfg.merge_from_file(str(config))
-    cfg.merge_from_list(
-        [*TINY_MODEL_OPTS, "OUTPUT_DIR", str(tmp_path), "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "1"]
-    )
+    cfg = tiny_cfg(tmp_path, "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "1", config=config)
     trainer = Trainer(cfg)
     trainer.train()
     losses = trainer.storage.latest()

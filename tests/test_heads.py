@@ -16,6 +16,7 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
+from train_net_runner import shrink_to_tiny
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.data.mappers import build_mapper
@@ -34,16 +35,6 @@ BASE = CONFIGS / "synthetic" / "Base-Synthetic-R18-GN.yaml"
 VARIANTS = sorted(p.stem for p in (CONFIGS / "synthetic" / "variants").glob("*.yaml"))
 HAS_FUSED_POOLER = importlib.util.find_spec("d2_maskext.layers.fused_pooler") is not None
 POOLERS = ["stock", pytest.param("fused", marks=pytest.mark.skipif(not HAS_FUSED_POOLER, reason="no fused pooler yet"))]
-# A small but complete model: every head keeps its structure, only widths shrink.
-TINY = [
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "128", "INPUT.RANDOM_FLIP", "none",
-    "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "32",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "TEST.DETECTIONS_PER_IMAGE", "10",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32", "MODEL.ROI_MASK_HEAD.NUM_CONV", "2",
-    "MODEL.ROI_MASKIOU_HEAD.CONV_DIM", "32", "MODEL.ROI_MASKIOU_HEAD.NUM_CONV", "2", "MODEL.ROI_MASKIOU_HEAD.FC_DIM", "64",
-    "MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.CONV_DIM", "128", "MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.NUM_BLOCKS", "1",
-]  # fmt: skip
 # Loss terms each variant adds to Detectron2's (loss_cls, loss_box_reg, loss_mask, RPN losses).
 EXTRA_LOSSES = {
     "mask_scoring": {"loss_maskiou"},
@@ -68,7 +59,8 @@ def tiny_cfg(config: Path | str, *opts: str) -> CfgNode:
     path = CONFIGS / "synthetic" / "variants" / f"{config}.yaml" if isinstance(config, str) else config
     cfg = add_maskext_config(get_cfg())
     cfg.merge_from_file(str(path))
-    cfg.merge_from_list(TINY + list(opts))
+    shrink_to_tiny(cfg)  # every head keeps its structure, only widths shrink
+    cfg.merge_from_list(["INPUT.RANDOM_FLIP", "none", *opts])
     return cfg
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "d2_maskext"
-LOWER_LAYERS = ("layers", "modeling", "data", "evaluation", "checkpoint")
+LOWER_LAYERS = ("layers", "modeling", "data", "evaluation", "checkpoint", "utils", "visualization", "predict")
 COMPILED_MODULES = frozenset({"d2_maskext._C"})  # built by setup.py; imports nothing of the package
 
 

@@ -20,8 +20,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
 from pycocotools.coco import COCO
-from train_net_runner import BASE_CONFIG, REPO, TINY_MODEL_OPTS, tiny_cfg
+from train_net_runner import REPO, TINY_CONFIG, tiny_cfg
 
 from d2_maskext.engine import Trainer
 from d2_maskext.predict import BatchPredictor, predict
@@ -81,9 +82,8 @@ def test_predict_folder_writes_one_overlay_per_image_and_loadable_results(weight
     out = tmp_path / "out"
 
     _load_tool("predict").main(
-        ["--config-file", str(BASE_CONFIG), "--input", str(images), "--output", str(out), "--device", "cpu",
-         "--score-threshold", "0.0", "--batch-size", "2",
-         *TINY_MODEL_OPTS, *PREDICT_OPTS, "MODEL.WEIGHTS", str(weights)]
+        ["--config-file", str(TINY_CONFIG), "--input", str(images), "--output", str(out), "--device", "cpu",
+         "--score-threshold", "0.0", "--batch-size", "2", *PREDICT_OPTS, "MODEL.WEIGHTS", str(weights)]
     )  # fmt: skip
 
     assert "3 images (1 skipped)" in capsys.readouterr().out
@@ -101,6 +101,18 @@ def test_predict_folder_writes_one_overlay_per_image_and_loadable_results(weight
     for ann in anns:
         assert set(ann["segmentation"]) == {"size", "counts"} and ann["segmentation"]["size"] == [96, 128]
         assert ann["category_id"] in coco.cats and 0.0 <= ann["score"] <= 1.0
+
+
+def test_predict_skips_a_decompression_bomb(cfg, tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), _image(0))
+    cv2.imwrite(str(images / "huge.png"), np.zeros((200, 200, 3), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # a.png has 12288 pixels, huge.png 40000
+
+    summary = predict(cfg, images, tmp_path / "out")
+
+    assert (summary.num_images, summary.num_skipped) == (1, 1)
 
 
 def test_predict_video_writes_overlay_video_and_one_image_per_frame(cfg, tmp_path):

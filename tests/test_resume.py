@@ -20,7 +20,8 @@ import pytest
 import torch
 from train_net_runner import kill_process_group, start_train_net, tail, train_net_command
 
-from d2_maskext.checkpoint import SafeCheckpointer, atomic_open
+from d2_maskext.checkpoint import SafeCheckpointer
+from d2_maskext.utils import atomic_open
 
 MAX_ITER = 4
 CHECKPOINT_PERIOD = 2  # checkpoints after iterations 1 and 3, then model_final.pth

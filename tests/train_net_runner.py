@@ -1,8 +1,5 @@
-"""A tiny Mask R-CNN for tests that train for real: ``tools/train_net.py`` subprocesses or in-process configs.
-
-The model is the synthetic R18-GN config shrunk further (32-channel FPN, small heads, 128 px images, few
-proposals), so an iteration takes about a second on one CPU core.
-"""
+"""The tiny Mask R-CNN of the tests (``configs/quick_schedules/mask_rcnn_R18_FPN_GN_tiny.yaml``), as a
+config object or a ``tools/train_net.py`` subprocess."""
 
 from __future__ import annotations
 
@@ -14,46 +11,41 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from detectron2.config import CfgNode, get_cfg
 
 from d2_maskext.config import add_maskext_config
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_CONFIG = REPO / "configs" / "synthetic" / "Base-Synthetic-R18-GN.yaml"
-TINY_MODEL_OPTS: tuple[str, ...] = (
-    "DATASETS.TRAIN", '("maskext_synth_tiny_train",)',
-    "DATASETS.TEST", "()",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)",
-    "INPUT.MIN_SIZE_TEST", "128",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.CHECKPOINT_PERIOD", "1000",
-    "DATALOADER.NUM_WORKERS", "0",
-    "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
-    "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
-    "MODEL.ROI_MASK_HEAD.NUM_CONV", "2",
-)  # fmt: skip
+TINY_CONFIG = REPO / "configs" / "quick_schedules" / "mask_rcnn_R18_FPN_GN_tiny.yaml"
 
 
-def tiny_cfg(output_dir: Path, *opts: str) -> CfgNode:
-    """The same tiny model as a config object, for tests that build a ``Trainer`` in-process."""
+def shrink_to_tiny(cfg: CfgNode) -> CfgNode:
+    """Apply the tiny config's own keys (not its ``_BASE_``) over ``cfg``, e.g. a head variant's config."""
+    own = yaml.safe_load(TINY_CONFIG.read_text())
+    own.pop("_BASE_")
+    cfg.merge_from_other_cfg(CfgNode(own))
+    return cfg
+
+
+def tiny_cfg(output_dir: Path, *opts: str, config: Path = TINY_CONFIG) -> CfgNode:
+    """The tiny model as a config object (``config`` shrunk to it), for tests that build a model in-process."""
     cfg = add_maskext_config(get_cfg())
-    cfg.merge_from_file(str(BASE_CONFIG))
-    cfg.merge_from_list([*TINY_MODEL_OPTS, "OUTPUT_DIR", str(output_dir), *opts])
+    cfg.merge_from_file(str(config))
+    if config != TINY_CONFIG:
+        shrink_to_tiny(cfg)
+    cfg.merge_from_list(["OUTPUT_DIR", str(output_dir), *opts])
     return cfg
 
 
 def train_net_command(output_dir: Path, *flags: str, opts: Sequence[str] = ()) -> list[str]:
-    """``python tools/train_net.py FLAGS --config-file <tiny> <tiny opts> OUTPUT_DIR <dir> OPTS``."""
+    """``python tools/train_net.py FLAGS --config-file <tiny> OUTPUT_DIR <dir> OPTS``."""
     return [
         sys.executable,
         str(REPO / "tools" / "train_net.py"),
         *flags,
         "--config-file",
-        str(BASE_CONFIG),
-        *TINY_MODEL_OPTS,
+        str(TINY_CONFIG),
         "OUTPUT_DIR",
         str(output_dir),
         *opts,

@@ -19,6 +19,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 from tqdm import tqdm
 
+from ..utils.atomic_file import atomic_open
+from ..utils.rle import mask_to_rle
+
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("ring", "star", "cross", "crescent", "frame")
@@ -172,8 +175,7 @@ def generate_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, list[di
 
 def mask_to_coco_annotation(mask: np.ndarray, category_id: int, ann_id: int, image_id: int) -> dict:
     """COCO annotation with compressed RLE (exact, holes included) and a tight XYWH box."""
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
+    rle = mask_to_rle(mask)
     x, y, w, h = (float(v) for v in mask_util.toBbox(rle))
     return {
         "id": ann_id,
@@ -186,10 +188,10 @@ def mask_to_coco_annotation(mask: np.ndarray, category_id: int, ann_id: int, ima
     }
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Atomically, not durably: a split lost in a machine crash is generated again."""
+    with atomic_open(path, "wb", durable=False) as f:
+        f.write(data)
 
 
 def ensure_generated(spec: SyntheticSpec, root: Path | None = None) -> Path:
@@ -210,7 +212,7 @@ def ensure_generated(spec: SyntheticSpec, root: Path | None = None) -> Path:
         ok, png = cv2.imencode(".png", image)
         if not ok:  # pragma: no cover - cv2 always encodes uint8 BGR
             raise RuntimeError(f"could not encode synthetic image {index}")
-        _atomic_write_bytes(out / "images" / file_name, png.tobytes())
+        _write_bytes(out / "images" / file_name, png.tobytes())
         images.append({"id": index, "file_name": file_name, "height": spec.image_size, "width": spec.image_size})
         for ann in anns:
             annotations.append(mask_to_coco_annotation(ann["mask"], ann["category_id"] + 1, len(annotations) + 1, index))
@@ -220,7 +222,7 @@ def ensure_generated(spec: SyntheticSpec, root: Path | None = None) -> Path:
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SYNTHETIC_CLASSES)],
     }
-    _atomic_write_bytes(json_path, json.dumps(coco).encode())
+    _write_bytes(json_path, json.dumps(coco).encode())
     logger.info("generated %d synthetic %s images with %d instances in %s", len(images), spec.split, len(annotations), out)
     return json_path
 

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
 from pycocotools.coco import COCO
+
+from ..data.formats.image_files import ImageReadError, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +21,8 @@ def read_image_or_blank(path: str | Path | None, height: int, width: int) -> tup
     """RGB image at ``path``; a gray canvas of the annotated size (and False) when it cannot be read."""
     if path is not None:
         try:
-            return read_image(str(path), format="RGB"), True
-        except (OSError, ValueError) as e:
+            return read_image(path, "RGB"), True
+        except ImageReadError as e:
             logger.warning("cannot read image %s (%s); drawing on a blank canvas", path, e)
     return np.full((height, width, 3), 128, dtype=np.uint8), False
 

@@ -20,6 +20,7 @@ import pycocotools.mask as mask_util
 import yaml
 from detectron2.structures import BoxMode
 
+from ...utils.rle import mask_to_rle
 from .image_files import ImageReadError, image_size, list_images
 from .problems import DatasetError, ProblemLog
 
@@ -245,8 +246,7 @@ def polygon_annotation(
 
 def mask_annotation(mask: np.ndarray, category_id: int, problems: ProblemLog, file, where: str) -> dict | None:
     """Annotation with the mask as compressed RLE (exact, holes included) and its tight box."""
-    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
-    rle["counts"] = rle["counts"].decode("ascii")
+    rle = mask_to_rle(mask)
     x, y, w, h = (float(v) for v in mask_util.toBbox(rle))
     if w <= 0 or h <= 0:
         problems.add("zero_area_box", file, where, "mask is empty")

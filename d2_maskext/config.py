@@ -10,15 +10,14 @@ from detectron2.config import CfgNode as CN
 
 
 def add_maskext_config(cfg: CN) -> CN:
-    """Add all plugin keys to ``cfg`` (idempotent) and return it."""
-    if cfg.get("MASKEXT_CONFIG_ADDED", False):
+    """Add all plugin keys to ``cfg`` and return it; a cfg that has them already is returned unchanged."""
+    if "MASKEXT" in cfg.MODEL:
         return cfg
     _add_pooler_config(cfg)
     _add_head_config(cfg)
     _add_data_config(cfg)
     _add_eval_config(cfg)
     _add_reliability_config(cfg)
-    cfg.MASKEXT_CONFIG_ADDED = True
     return cfg
 
 

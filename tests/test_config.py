@@ -19,6 +19,7 @@ def test_add_config_sets_defaults_and_leaves_global_defaults_alone():
     assert cfg.INPUT.MAPPER.NAME == "MaskExtDatasetMapper"
     assert "MASKEXT" not in get_cfg().MODEL, "Detectron2's global defaults must not change"
     assert add_maskext_config(cfg) is cfg  # idempotent
+    assert "MASKEXT_CONFIG" not in cfg.dump(), "no bookkeeping key in dumped configs"
 
 
 def test_stock_defaults_are_unchanged_by_plugin_keys():

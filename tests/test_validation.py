@@ -177,6 +177,13 @@ def test_num_classes_mismatch_is_caught_at_start_up(tmp_path):
     prepare_datasets(cfg)
 
 
+def test_polygon_mask_format_with_the_synthetic_dataset_is_caught_at_start_up():
+    """A COCO config (polygon masks) on the built-in synthetic data, whose masks are RLE."""
+    with pytest.raises(ValueError, match=r"'maskext_synth_tiny_train' is a built-in synthetic dataset, whose masks are RLE"):
+        prepare_datasets(_cfg(**{"INPUT.MASK_FORMAT": "polygon"}))
+    prepare_datasets(_cfg(**{"INPUT.MASK_FORMAT": "bitmask"}))
+
+
 # ---------------------------------------------------------------------------------------- decompression bombs
 def test_decompression_bomb_refused_everywhere(tmp_path, monkeypatch):
     images, labels, names = write_yolo(tmp_path, polygon_scenes(), ["dog", "cat"])

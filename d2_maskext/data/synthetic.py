@@ -227,6 +227,14 @@ def ensure_generated(spec: SyntheticSpec, root: Path | None = None) -> Path:
     return json_path
 
 
+_SYNTHETIC_NAMES: set[str] = set()
+
+
+def is_synthetic(name: str) -> bool:
+    """Whether ``name`` was registered by :func:`register_synthetic` (its masks are RLE, known unloaded)."""
+    return name in _SYNTHETIC_NAMES
+
+
 def register_synthetic(name: str, spec: SyntheticSpec, root: Path | None = None) -> None:
     """Register ``name`` in Detectron2's catalogs; images are generated on first use and cached."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -247,6 +255,7 @@ def register_synthetic(name: str, spec: SyntheticSpec, root: Path | None = None)
         image_root=str(json_path.parent / "images"),
         evaluator_type="coco",
     )
+    _SYNTHETIC_NAMES.add(name)
 
 
 BUILTIN_SYNTHETIC: dict[str, SyntheticSpec] = {

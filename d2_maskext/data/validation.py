@@ -20,6 +20,7 @@ from .formats import ImageReadError, ProblemLog, Severity, load_dataset
 from .formats.base import check_record_list, clean_polygons, is_int
 from .formats.image_files import decoded_size
 from .registration import registered_source
+from .synthetic import is_synthetic
 
 # Where each meta-architecture keeps its class count.
 _NUM_CLASSES_KEYS = {"GeneralizedRCNN": "ROI_HEADS", "RetinaNet": "RETINANET"}
@@ -144,6 +145,11 @@ def check_mask_format(cfg: CfgNode, names: list[str], mapper_rasterizes_masks: b
     if not cfg.MODEL.MASK_ON or cfg.INPUT.MASK_FORMAT != "polygon" or mapper_rasterizes_masks:
         return
     for name in names:
+        if is_synthetic(name):  # known without generating it
+            raise ValueError(
+                f"dataset '{name}' is a built-in synthetic dataset, whose masks are RLE, but "
+                'INPUT.MASK_FORMAT is "polygon"; set INPUT.MASK_FORMAT "bitmask"'
+            )
         if registered_source(name) is None:  # only datasets already loaded by prepare_datasets are inspected
             continue
         for record in DatasetCatalog.get(name):

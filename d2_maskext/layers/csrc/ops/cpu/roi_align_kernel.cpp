@@ -117,8 +117,7 @@ class AxisWeights {
   int64_t extent() const { return extent_; }
   int64_t bin_first(int64_t p) const { return bin_first_[p]; }
   int64_t bin_last(int64_t p) const { return bin_last_[p]; }
-  // Weight of pixel `x` (absolute index, within [bin_first(p), bin_last(p))) is bin_weights(p)[x - first()].
-  const acc_t* bin_weights(int64_t p) const { return weights_.data() + p * extent_; }
+  // Summed weight of pixel `x` (absolute index, within [bin_first(p), bin_last(p))) in bin `p`.
   acc_t weight(int64_t p, int64_t x) const { return weights_[p * extent_ + x - first_]; }
   // Bins [pixel_bin_first(x), pixel_bin_last(x)) read pixel `x` (absolute index within the extent).
   int64_t pixel_bin_first(int64_t x) const { return pixel_bin_first_[x - first_]; }

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
+from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 from train_net_runner import shrink_to_tiny
@@ -62,3 +65,29 @@ def test_config_infers_and_trains_one_step(path: Path):
     total.backward()
     torch.optim.SGD(model.parameters(), lr=1e-3).step()
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+VARIANT_CONFIGS = sorted(CONFIG_ROOT.glob("*/variants/*.yaml"))
+
+
+def _roi_heads_components(cfg) -> dict[str, str]:
+    """Class of each ROI-heads component (poolers, heads, predictor) that ``cfg`` builds."""
+    shapes = {f"p{k}": ShapeSpec(channels=cfg.MODEL.FPN.OUT_CHANNELS, stride=2**k) for k in range(2, 6)}
+    return {name: type(m).__name__ for name, m in build_roi_heads(cfg, shapes).named_children()}
+
+
+@pytest.mark.parametrize("path", VARIANT_CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
+def test_variant_config_selects_its_head_with_one_name_line(path: Path):
+    """A variant config sets one ``NAME`` over its base; its other keys are options, not requirements."""
+    own = yaml.safe_load(path.read_text())
+    name_keys = [
+        (section, keys["NAME"]) for section, keys in own["MODEL"].items() if isinstance(keys, dict) and "NAME" in keys
+    ]
+    assert len(name_keys) == 1, name_keys
+    (section, name), = name_keys
+    one_line = add_maskext_config(get_cfg())
+    one_line.merge_from_file(str(path.parent / own["_BASE_"]))
+    one_line.merge_from_list([f"MODEL.{section}.NAME", name])
+    variant = add_maskext_config(get_cfg())
+    variant.merge_from_file(str(path))
+    assert _roi_heads_components(one_line) == _roi_heads_components(variant)

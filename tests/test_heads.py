@@ -10,7 +10,6 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
-from detectron2.export import TracingAdapter
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
@@ -20,12 +19,15 @@ from train_net_runner import shrink_to_tiny
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.data.mappers import build_mapper
+from d2_maskext.layers import FusedROIPooler
 from d2_maskext.modeling.heads import (
     BoundaryMaskHead,
+    DoubleHeadOutputLayers,
     HighResMaskHead,
     LightMaskHead,
     MaskExtConvUpsampleHead,
     MaskLoss,
+    MaskScoringROIHeads,
 )
 from d2_maskext.modeling.heads.mask_losses import dice_loss, mask_boundary, select_mask_targets
 from d2_maskext.modeling.heads.mask_scoring import mask_iou_targets
@@ -259,37 +261,70 @@ def test_mask_head_layers_trace(variant: str):
     assert torch.allclose(traced.layers(y), head.layers(y), atol=1e-5)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ["mask_scoring", "hires_mask_head"])
-def test_whole_model_traces(variant: str, fixed_batch: list[dict]):
-    """The ROI-heads variant (rescoring) and the head that pools its own features trace end to end."""
-    torch.manual_seed(0)
-    model = build_model(tiny_cfg(variant)).eval()
-    inputs = [{"image": fixed_batch[0]["image"]}]
+# ------------------------------------------------------------------------------------ one-line swaps
+@pytest.mark.parametrize(
+    ("key", "name", "module", "expected_type"),
+    [
+        ("MODEL.ROI_HEADS.NAME", "MaskScoringROIHeads", "roi_heads", MaskScoringROIHeads),
+        ("MODEL.ROI_MASK_HEAD.NAME", "BoundaryMaskHead", "roi_heads.mask_head", BoundaryMaskHead),
+        ("MODEL.ROI_MASK_HEAD.NAME", "HighResMaskHead", "roi_heads.mask_head", HighResMaskHead),
+        ("MODEL.ROI_MASK_HEAD.NAME", "LightMaskHead", "roi_heads.mask_head", LightMaskHead),
+        ("MODEL.ROI_MASK_HEAD.NAME", "MaskExtConvUpsampleHead", "roi_heads.mask_head", MaskExtConvUpsampleHead),
+        ("MODEL.ROI_BOX_HEAD.NAME", "DoubleConvFCHead", "roi_heads.box_predictor", DoubleHeadOutputLayers),
+    ],
+)
+def test_each_variant_is_selected_by_its_name_line_alone(key: str, name: str, module: str, expected_type: type):
+    model = build_model(tiny_cfg(BASE, key, name))
+    assert isinstance(model.get_submodule(module), expected_type)
 
-    def inference(model, inputs):
-        return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
 
-    adapter = TracingAdapter(model, inputs, inference)
-    traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
-    for got, want in zip(traced(*adapter.flattened_inputs), adapter(*adapter.flattened_inputs)):
-        assert torch.allclose(got, want, atol=1e-5)
+@pytest.mark.parametrize("pooler", POOLERS)
+def test_hires_head_pools_its_own_features_with_the_stock_pooler_keys(pooler: str):
+    """The ROI heads build no mask pooler for it; its own poolers follow ``ROI_MASK_HEAD.POOLER_*``."""
+    roi_heads = build_model(tiny_cfg("hires_mask_head", "MODEL.MASKEXT.POOLER", pooler)).roi_heads
+    assert roi_heads.mask_pooler is None
+    head = roi_heads.mask_head
+    for own_pooler, size in ((head.coarse_pooler, 14), (head.fine_pooler, 28)):
+        assert type(own_pooler) is (FusedROIPooler if pooler == "fused" else ROIPooler)
+        assert own_pooler.output_size == (size, size) and own_pooler.level_poolers[0].aligned
+    unaligned = build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIAlign")).roi_heads
+    assert not unaligned.mask_head.coarse_pooler.level_poolers[0].aligned
 
 
-# -------------------------------------------------------------------------------------- config errors
-def test_hires_head_requires_empty_pooler_type():
-    with pytest.raises(ValueError, match="POOLER_TYPE"):
-        build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIAlignV2"))
+def test_hires_head_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="POOLER_TYPE: set it to a pooler type"):
+        build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", ""))
     with pytest.raises(ValueError, match="FINE_FEATURE"):
         build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_MASK_HEAD.HIRES.FINE_FEATURE", "p1"))
-    assert isinstance(build_model(tiny_cfg("hires_mask_head")).roi_heads.mask_head, HighResMaskHead)
+    with pytest.raises(ValueError, match="pools its own features.*use MaskExtROIHeads"):
+        build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_HEADS.NAME", "StandardROIHeads"))
 
 
-def test_double_head_roi_heads_require_double_box_head():
-    with pytest.raises(ValueError, match="DoubleConvFCHead"):
-        build_model(tiny_cfg("double_head", "MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead"))
+def test_double_head_needs_roi_heads_that_build_its_predictor():
+    with pytest.raises(ValueError, match="DoubleConvFCHead needs ROI heads.*use MaskExtROIHeads"):
+        build_model(tiny_cfg("double_head", "MODEL.ROI_HEADS.NAME", "StandardROIHeads"))
+
+
+def test_double_head_composes_with_mask_scoring(fixed_batch: list[dict]):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("double_head", "MODEL.ROI_HEADS.NAME", "MaskScoringROIHeads")).train()
+    with EventStorage():
+        losses = model(fixed_batch)
+    assert {"loss_maskiou", "loss_box_reg"} <= set(losses)
+    assert isinstance(model.roi_heads.box_predictor, DoubleHeadOutputLayers)
 
 
 def test_mask_scoring_requires_pooled_mask_features():
     with pytest.raises(ValueError, match="POOLER_TYPE"):
         build_model(tiny_cfg("mask_scoring", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", ""))
+    with pytest.raises(ValueError, match="needs pooled mask features.*'HighResMaskHead'"):
+        build_model(tiny_cfg("mask_scoring", "MODEL.ROI_MASK_HEAD.NAME", "HighResMaskHead"))
+
+
+@pytest.mark.parametrize(("key", "value"), [("DICE_WEIGHT", "1.0"), ("BOUNDARY_BCE_WEIGHT", "2.0"), ("WEIGHT", "0.5")])
+def test_loss_options_on_detectron2_mask_head_raise_and_name_the_plugin_head(key: str, value: str):
+    """Detectron2's MaskRCNNConvUpsampleHead keeps its plain BCE: the options would be silently ignored."""
+    with pytest.raises(ValueError, match=f"ignore MODEL.ROI_MASK_HEAD.LOSS.{key}.*MaskExtConvUpsampleHead"):
+        build_model(tiny_cfg(BASE, f"MODEL.ROI_MASK_HEAD.LOSS.{key}", value))
+    plugin_head = tiny_cfg(BASE, f"MODEL.ROI_MASK_HEAD.LOSS.{key}", value, "MODEL.ROI_MASK_HEAD.NAME", "MaskExtConvUpsampleHead")
+    assert isinstance(build_model(plugin_head).roi_heads.mask_head, MaskExtConvUpsampleHead)

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import torch
 from detectron2.layers import ROIAlign
-from detectron2.modeling.poolers import (
-    ROIPooler,
-    assign_boxes_to_levels,
-    convert_boxes_to_pooler_format,
-)
+from detectron2.modeling.poolers import ROIPooler, assign_boxes_to_levels
 from detectron2.structures import Boxes
 from torch import Tensor
 
@@ -23,6 +19,17 @@ from .roi_align import multilevel_roi_align
 __all__ = ["FusedROIPooler"]
 
 _FUSABLE_TYPES = ("ROIAlign", "ROIAlignV2")
+
+
+def boxes_to_rois(box_lists: list[Boxes]) -> Tensor:
+    """(K, 5) rois ``(image index, x1, y1, x2, y2)`` of the concatenated ``box_lists``.
+
+    Detectron2's ``convert_boxes_to_pooler_format`` turns the box counts into a tensor with ``as_tensor``,
+    which ``torch.export`` specializes to the example's counts; ``full_like`` keeps them symbolic (and
+    traced and scripted graphs follow the input's box count as well).
+    """
+    rois = [torch.cat([torch.full_like(b.tensor[:, :1], i), b.tensor], dim=1) for i, b in enumerate(box_lists)]
+    return torch.cat(rois, dim=0)
 
 
 class FusedROIPooler(ROIPooler):
@@ -68,7 +75,10 @@ class FusedROIPooler(ROIPooler):
         )
 
     def forward(self, x: list[Tensor], box_lists: list[Boxes]) -> Tensor:
-        """Pools boxes of image i from ``x[level][i]``; output rows follow the concatenated ``box_lists``."""
+        """Pools boxes of image i from ``x[level][i]``; output rows follow the concatenated ``box_lists``.
+
+        Scriptable like ``ROIPooler`` (the scripted module calls the compiled op directly).
+        """
         if not isinstance(x, list) or not isinstance(box_lists, list):
             raise TypeError("FusedROIPooler: x and box_lists must be lists")
         if len(x) != len(self.level_poolers):
@@ -79,14 +89,19 @@ class FusedROIPooler(ROIPooler):
             raise ValueError(
                 f"FusedROIPooler: x[0] holds {x[0].size(0)} images but box_lists has {len(box_lists)} entries"
             )
+        height, width = self.output_size
         if len(box_lists) == 0:
-            return torch.zeros((0, x[0].shape[1], *self.output_size), dtype=x[0].dtype, device=x[0].device)
-        rois = convert_boxes_to_pooler_format(box_lists)
-        levels = None
+            return torch.zeros((0, x[0].shape[1], height, width), dtype=x[0].dtype, device=x[0].device)
+        rois = boxes_to_rois(box_lists)
+        levels: Tensor | None = None
         if len(x) > 1:
             levels = assign_boxes_to_levels(
                 box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
             )
+        if torch.jit.is_scripting():
+            return torch.ops.d2_maskext.roi_align(
+                x, rois, levels, self.scales, height, width, self.sampling_ratio, self.aligned
+            )
         return multilevel_roi_align(
-            x, rois, levels, self.output_size, self.scales, self.sampling_ratio, self.aligned
+            x, rois, levels, (height, width), self.scales, self.sampling_ratio, self.aligned
         )

@@ -2,7 +2,7 @@
 
 from .base import MaskExtConvUpsampleHead, MaskExtHead
 from .boundary_mask_head import BoundaryMaskHead
-from .double_head import DoubleConvFCHead, DoubleHeadOutputLayers, DoubleHeadROIHeads
+from .double_head import DoubleConvFCHead, DoubleHeadOutputLayers
 from .hires_mask_head import HighResMaskHead
 from .light_mask_head import LightMaskHead
 from .mask_losses import MaskLoss
@@ -12,7 +12,6 @@ __all__ = [
     "BoundaryMaskHead",
     "DoubleConvFCHead",
     "DoubleHeadOutputLayers",
-    "DoubleHeadROIHeads",
     "HighResMaskHead",
     "LightMaskHead",
     "MaskExtConvUpsampleHead",

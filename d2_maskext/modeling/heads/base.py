@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
 import fvcore.nn.weight_init as weight_init
-from detectron2.config import CfgNode, configurable
+from detectron2.config import CfgNode, configurable, get_cfg
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.roi_heads.mask_head import (
     ROI_MASK_HEAD_REGISTRY,
@@ -15,6 +17,7 @@ from detectron2.modeling.roi_heads.mask_head import (
 from detectron2.structures import Instances
 from torch import Tensor, nn
 
+from ...config import add_maskext_config
 from .mask_losses import MaskLoss
 
 
@@ -43,6 +46,18 @@ def check_pooled_input(head_name: str, cfg: CfgNode, input_shape) -> None:
         )
 
 
+def with_module_lists(module: nn.Module, *list_names: str) -> nn.Module:
+    """A deep copy of ``module`` whose plain Python lists of layers ``list_names`` are ``nn.ModuleList``s.
+
+    For ``__prepare_scriptable__``: TorchScript cannot iterate a Python list of modules, and the layers must
+    keep their own (stock checkpoint) names in eager mode. The scripted copy reaches each layer under both.
+    """
+    scriptable = copy.deepcopy(module)
+    for name in list_names:
+        setattr(scriptable, name, nn.ModuleList(getattr(scriptable, name)))
+    return scriptable
+
+
 def mask_head_num_classes(cfg: CfgNode) -> int:
     """Mask channels: 1 for class-agnostic masks, else one per class."""
     return 1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
@@ -54,6 +69,10 @@ class MaskExtHead(BaseMaskRCNNHead):
     Subclasses implement ``layers`` (region features -> ``(B, C, M, M)`` mask logits, traceable) and may
     override ``head_inputs`` (to pool their own features) or ``logits_and_losses`` (to add loss terms).
     """
+
+    # True for heads that pool their own region features: ``MaskExtROIHeads`` then builds no mask pooler
+    # and passes the feature maps, whatever ``MODEL.ROI_MASK_HEAD.POOLER_TYPE`` says.
+    pools_own_features = False
 
     @configurable
     def __init__(self, *, mask_loss: MaskLoss = MaskLoss(), **kwargs):
@@ -84,6 +103,25 @@ class MaskExtHead(BaseMaskRCNNHead):
             return self.logits_and_losses(x, instances)[1]
         mask_rcnn_inference(self.layers(self.head_inputs(x, instances)), instances)
         return instances
+
+
+def check_mask_loss_options(cfg: CfgNode, head: nn.Module) -> None:
+    """Refuse ``MODEL.ROI_MASK_HEAD.LOSS`` options that the configured head would silently ignore."""
+    if isinstance(head, MaskExtHead):
+        return
+    loss = cfg.MODEL.ROI_MASK_HEAD.LOSS
+    defaults = add_maskext_config(get_cfg()).MODEL.ROI_MASK_HEAD.LOSS
+    changed = [f"LOSS.{key} {value!r}" for key, value in loss.items() if value != defaults.get(key)]
+    if changed:
+        fix = (
+            "set MODEL.ROI_MASK_HEAD.NAME to MaskExtConvUpsampleHead (the same network with the loss options)"
+            if isinstance(head, MaskRCNNConvUpsampleHead)
+            else "use one of the plugin's mask heads"
+        )
+        raise ValueError(
+            f"MODEL.ROI_MASK_HEAD.NAME {cfg.MODEL.ROI_MASK_HEAD.NAME!r} keeps Detectron2's mask loss and would "
+            f"ignore MODEL.ROI_MASK_HEAD.{', '.join(changed)}: {fix}"
+        )
 
 
 def mask_logits_and_losses(head: BaseMaskRCNNHead, x, instances: list[Instances]) -> tuple[Tensor, dict[str, Tensor]]:

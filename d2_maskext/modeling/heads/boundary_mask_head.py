@@ -15,7 +15,7 @@ from fvcore.nn import weight_init
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import MaskExtConvUpsampleHead, conv3x3_norm_relu
+from .base import MaskExtConvUpsampleHead, conv3x3_norm_relu, with_module_lists
 from .mask_losses import dice_loss, mask_boundary, select_mask_targets
 
 
@@ -45,8 +45,10 @@ class BoundaryMaskHead(MaskExtConvUpsampleHead):
             self.add_module(f"boundary_fcn{k + 1}", conv)
             self.boundary_convs.append(conv)
             channels = dim
-        self.mask_to_boundary = Conv2d(dim, channels, kernel_size=1)
-        self.boundary_to_mask = Conv2d(channels, dim, kernel_size=1)
+        # The mask branch's features before upsampling: its last conv's, or the input with NUM_CONV 0.
+        mask_channels = self.deconv.in_channels
+        self.mask_to_boundary = Conv2d(mask_channels, channels, kernel_size=1)
+        self.boundary_to_mask = Conv2d(channels, mask_channels, kernel_size=1)
         self.boundary_deconv = ConvTranspose2d(channels, dim, kernel_size=2, stride=2)
         self.boundary_predictor = Conv2d(dim, self.predictor.out_channels, kernel_size=1)
         for layer in (self.mask_to_boundary, self.boundary_deconv):
@@ -63,6 +65,9 @@ class BoundaryMaskHead(MaskExtConvUpsampleHead):
         ret["num_boundary_conv"] = cfg.MODEL.ROI_MASK_HEAD.BOUNDARY.NUM_CONV
         ret["boundary_loss_weight"] = cfg.MODEL.ROI_MASK_HEAD.BOUNDARY.LOSS_WEIGHT
         return ret
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        return with_module_lists(self, "conv_norm_relus", "boundary_convs")
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mask logits and boundary logits, both ``(B, C, 2R, 2R)``."""

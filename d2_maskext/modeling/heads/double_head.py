@@ -2,12 +2,13 @@
 
 The paper finds fc layers more spatially sensitive (better at telling object from background) and conv
 layers better at localisation, so each task gets its own branch on the same region features.
-``DoubleConvFCHead`` returns both branch features; ``DoubleHeadROIHeads`` pairs it with
-``DoubleHeadOutputLayers``, which classifies from the fc branch and regresses from the conv branch.
+``DoubleConvFCHead`` computes both branches; its ``DoubleHeadOutputLayers`` predictor, which
+``MaskExtROIHeads`` builds for it, classifies from the fc branch and regresses from the conv branch.
 """
 
 from __future__ import annotations
 
+import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY
@@ -18,13 +19,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..roi_heads import MaskExtROIHeads
+from .base import with_module_lists
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
 class DoubleConvFCHead(FastRCNNConvFCHead):
     """Stock fc head (same parameter names, so stock checkpoints load) + a residual conv branch.
 
-    Returns ``(fc_features, conv_features)``; needs ``DoubleHeadROIHeads``, whose predictor reads both.
+    Returns the fc and conv branch features concatenated along channels (one tensor, so Detectron2's box
+    branch scripts and traces unchanged); ``build_box_predictor`` gives the predictor that splits them.
     """
 
     @configurable
@@ -42,22 +45,36 @@ class DoubleConvFCHead(FastRCNNConvFCHead):
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> dict:
+        roi_heads = cfg.MODEL.ROI_HEADS.NAME
+        if not issubclass(ROI_HEADS_REGISTRY.get(roi_heads), MaskExtROIHeads):
+            raise ValueError(
+                f"DoubleConvFCHead needs ROI heads that build its predictor: MODEL.ROI_HEADS.NAME {roi_heads!r} does "
+                "not; use MaskExtROIHeads or one of its subclasses"
+            )
         ret = super().from_config(cfg, input_shape)
         ret["reg_conv_dim"] = cfg.MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.CONV_DIM
         ret["reg_num_blocks"] = cfg.MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.NUM_BLOCKS
         return ret
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def __prepare_scriptable__(self) -> nn.Module:
+        return with_module_lists(self, "fc_branch")
+
+    def forward(self, x: Tensor) -> Tensor:
         cls_features = x
         for layer in self.fc_branch:
             cls_features = layer(cls_features)
         reg_features = F.adaptive_avg_pool2d(self.reg_blocks(x), 1).flatten(1)
-        return cls_features, reg_features
+        return torch.cat([cls_features.flatten(1), reg_features], dim=1)
 
     @property
+    @torch.jit.unused
     def reg_output_shape(self) -> ShapeSpec:
         """Shape of the conv (regression) branch output; ``output_shape`` is the fc branch's."""
         return ShapeSpec(channels=self._reg_channels)
+
+    def build_box_predictor(self, cfg: CfgNode) -> DoubleHeadOutputLayers:
+        """The predictor ``MaskExtROIHeads`` pairs with this head."""
+        return DoubleHeadOutputLayers(cfg, self.output_shape, self.reg_output_shape)
 
 
 class DoubleHeadOutputLayers(FastRCNNOutputLayers):
@@ -81,22 +98,7 @@ class DoubleHeadOutputLayers(FastRCNNOutputLayers):
         ret["reg_input_shape"] = reg_input_shape
         return ret
 
-    def forward(self, x: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        cls_features, reg_features = x
-        return self.cls_score(cls_features.flatten(1)), self.conv_bbox_pred(reg_features)
-
-
-@ROI_HEADS_REGISTRY.register()
-class DoubleHeadROIHeads(MaskExtROIHeads):
-    """``MaskExtROIHeads`` with a ``DoubleConvFCHead`` box head and its two-branch predictor."""
-
-    @classmethod
-    def _init_box_head(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
-        ret = super()._init_box_head(cfg, input_shape)
-        box_head = ret["box_head"]
-        if not isinstance(box_head, DoubleConvFCHead):
-            raise ValueError(
-                f"DoubleHeadROIHeads needs MODEL.ROI_BOX_HEAD.NAME 'DoubleConvFCHead', got {cfg.MODEL.ROI_BOX_HEAD.NAME!r}"
-            )
-        ret["box_predictor"] = DoubleHeadOutputLayers(cfg, box_head.output_shape, box_head.reg_output_shape)
-        return ret
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Class scores and box deltas from ``DoubleConvFCHead``'s concatenated branch features."""
+        cls_features, reg_features = x.split([self.cls_score.in_features, self.conv_bbox_pred.in_features], dim=1)
+        return self.cls_score(cls_features), self.conv_bbox_pred(reg_features)

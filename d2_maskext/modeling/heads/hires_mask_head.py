@@ -11,23 +11,26 @@ from __future__ import annotations
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, get_norm
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
+from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, mask_rcnn_inference
 from detectron2.structures import Instances
 from fvcore.nn import weight_init
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...layers.pooler import convert_pooler
-from .base import MaskExtConvUpsampleHead, conv3x3_norm_relu
+from .base import MaskExtConvUpsampleHead, conv3x3_norm_relu, with_module_lists
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
 class HighResMaskHead(MaskExtConvUpsampleHead):
     """Stock mask layers (same parameter names) + a refinement stage fed by the finest FPN level.
 
-    It pools its own inputs (``MODEL.ROI_MASK_HEAD.POOLER_TYPE ""`` makes the ROI heads pass the
-    feature maps), with the pooler chosen by ``MODEL.MASKEXT.POOLER`` like the ROI heads' own.
+    It pools its own inputs: ``MaskExtROIHeads`` passes it the feature maps, and it builds its poolers from
+    the stock ``MODEL.ROI_MASK_HEAD.POOLER_*`` keys, converted by ``MODEL.MASKEXT.POOLER`` like the ROI
+    heads' own.
     """
+
+    pools_own_features = True
 
     @configurable
     def __init__(
@@ -66,8 +69,13 @@ class HighResMaskHead(MaskExtConvUpsampleHead):
         head_cfg = cfg.MODEL.ROI_MASK_HEAD
         if not isinstance(input_shape, dict):
             raise ValueError(
-                f"{cls.__name__} pools its own features: set MODEL.ROI_MASK_HEAD.POOLER_TYPE to \"\" "
-                f"(got {head_cfg.POOLER_TYPE!r}) and choose its pooler with MODEL.ROI_MASK_HEAD.HIRES.POOLER_TYPE"
+                f"{cls.__name__} pools its own features, but MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME!r} "
+                "pooled them for it: use MaskExtROIHeads or one of its subclasses"
+            )
+        if not head_cfg.POOLER_TYPE:
+            raise ValueError(
+                f"{cls.__name__} pools its own features with MODEL.ROI_MASK_HEAD.POOLER_TYPE: set it to a pooler "
+                "type such as 'ROIAlignV2' (got '')"
             )
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         fine = head_cfg.HIRES.FINE_FEATURE
@@ -82,7 +90,7 @@ class HighResMaskHead(MaskExtConvUpsampleHead):
                 output_size=size,
                 scales=tuple(1.0 / input_shape[f].stride for f in features),
                 sampling_ratio=head_cfg.POOLER_SAMPLING_RATIO,
-                pooler_type=head_cfg.HIRES.POOLER_TYPE,
+                pooler_type=head_cfg.POOLER_TYPE,
             )
             return convert_pooler(stock, cfg.MODEL.MASKEXT.POOLER)
 
@@ -97,6 +105,16 @@ class HighResMaskHead(MaskExtConvUpsampleHead):
             num_refine_conv=head_cfg.HIRES.NUM_CONV,
         )
         return ret
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        return with_module_lists(self, "conv_norm_relus", "refine_convs")
+
+    def forward(self, x: dict[str, Tensor], instances: list[Instances]):
+        """``MaskExtHead.forward`` typed for feature maps (TorchScript compiles one signature per class)."""
+        if self.training:
+            return self.logits_and_losses(x, instances)[1]
+        mask_rcnn_inference(self.layers(self.head_inputs(x, instances)), instances)
+        return instances
 
     def head_inputs(self, x: dict[str, Tensor], instances: list[Instances]) -> tuple[Tensor, Tensor]:
         """Region features pooled at R x R from all levels and at 2R x 2R from the fine level."""

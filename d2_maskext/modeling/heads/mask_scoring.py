@@ -17,7 +17,7 @@ from fvcore.nn import weight_init
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..roi_heads import MaskExtROIHeads
+from ..roi_heads import MaskExtROIHeads, pools_own_features
 from .base import conv3x3_norm_relu, mask_logits_and_losses
 from .mask_losses import MaskTargets, select_mask_targets
 
@@ -113,8 +113,12 @@ class MaskScoringROIHeads(MaskExtROIHeads):
     def _init_mask_head(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
         if not cfg.MODEL.MASK_ON:
             raise ValueError("MaskScoringROIHeads scores masks: set MODEL.MASK_ON True")
-        if not cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE:
-            raise ValueError("MaskScoringROIHeads needs pooled mask features: set MODEL.ROI_MASK_HEAD.POOLER_TYPE")
+        head = cfg.MODEL.ROI_MASK_HEAD
+        if not head.POOLER_TYPE or pools_own_features(head.NAME):
+            raise ValueError(
+                "MaskScoringROIHeads needs pooled mask features: set MODEL.ROI_MASK_HEAD.POOLER_TYPE and a mask "
+                f"head that takes them (NAME is {head.NAME!r}, POOLER_TYPE {head.POOLER_TYPE!r})"
+            )
         ret = super()._init_mask_head(cfg, input_shape)
         resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
         channels = input_shape[ret["mask_in_features"][0]].channels

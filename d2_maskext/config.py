@@ -30,8 +30,9 @@ def _add_pooler_config(cfg: CN) -> None:
 
 def _add_head_config(cfg: CN) -> None:
     """Head variants (Mask Scoring, boundary, high-resolution, lightweight, Double-Head) and mask losses."""
-    # Mask loss options, applied by every plugin mask head (Detectron2's MaskRCNNConvUpsampleHead keeps
-    # its plain BCE; "MaskExtConvUpsampleHead" is the same network with these options).
+    # Mask loss options, applied by every plugin mask head. Detectron2's MaskRCNNConvUpsampleHead keeps its
+    # plain BCE, so MaskExtROIHeads refuses them with it: "MaskExtConvUpsampleHead" is the same network
+    # with these options.
     cfg.MODEL.ROI_MASK_HEAD.LOSS = CN()
     cfg.MODEL.ROI_MASK_HEAD.LOSS.WEIGHT = 1.0  # multiplies every mask loss term of the head
     cfg.MODEL.ROI_MASK_HEAD.LOSS.DICE_WEIGHT = 0.0  # adds a Dice loss term (0 = off)
@@ -46,9 +47,8 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.ROI_MASK_HEAD.BOUNDARY.LOSS_WEIGHT = 1.0  # for both its BCE and Dice terms
 
     # HighResMaskHead: 4x POOLER_RESOLUTION masks refined with finer FPN features. It pools its own
-    # inputs, so configs using it set MODEL.ROI_MASK_HEAD.POOLER_TYPE "" and choose the pooler here.
+    # inputs with the stock MODEL.ROI_MASK_HEAD.POOLER_* keys (MaskExtROIHeads builds no pooler for it).
     cfg.MODEL.ROI_MASK_HEAD.HIRES = CN()
-    cfg.MODEL.ROI_MASK_HEAD.HIRES.POOLER_TYPE = "ROIAlignV2"
     cfg.MODEL.ROI_MASK_HEAD.HIRES.FINE_FEATURE = "p2"
     cfg.MODEL.ROI_MASK_HEAD.HIRES.NUM_CONV = 2  # refinement convs at 2x POOLER_RESOLUTION
 
@@ -61,7 +61,8 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.ROI_MASKIOU_HEAD.NORM = ""
     cfg.MODEL.ROI_MASKIOU_HEAD.LOSS_WEIGHT = 1.0
 
-    # DoubleConvFCHead (with DoubleHeadROIHeads): conv branch for box regression, fc branch for classes.
+    # DoubleConvFCHead (under MaskExtROIHeads, which builds its predictor): conv branch for box regression,
+    # fc branch for classes.
     cfg.MODEL.ROI_BOX_HEAD.DOUBLE_HEAD = CN()
     cfg.MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.CONV_DIM = 1024
     cfg.MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.NUM_BLOCKS = 4  # bottleneck residual blocks

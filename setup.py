@@ -3,12 +3,18 @@
 C++ CPU kernels are always built. CUDA kernels are added when CUDA is usable or ``FORCE_CUDA=1``
 (compile-only on a machine without a GPU). torch must be importable: install with
 ``pip install --no-build-isolation -e .`` so the build sees the torch you run with.
+
+CUDA settings: torch locates the toolkit when it is imported (``CUDA_HOME``, else ``nvcc`` on ``PATH``,
+else ``/usr/local/cuda``), so ``CUDA_HOME`` must be set before running this script. Without a visible GPU
+and without ``TORCH_CUDA_ARCH_LIST``, the kernels are built for every architecture torch itself was built
+for, with PTX for the newest so later GPUs can JIT them; with a GPU visible, torch builds for that GPU.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 import sysconfig
 from pathlib import Path
 
@@ -39,17 +45,45 @@ def _want_cuda() -> bool:
     return torch.cuda.is_available() and CUDA_HOME is not None
 
 
+def _default_arch_list() -> str:
+    """``TORCH_CUDA_ARCH_LIST`` covering torch's own ``sm_*`` targets, ``+PTX`` on the newest.
+
+    torch's extension builder otherwise asks the visible GPUs, and fails on an empty list when there are none.
+    """
+    archs: dict[tuple[int, str], str] = {}
+    for name in torch.cuda.get_arch_list():
+        match = re.fullmatch(r"sm_(\d+)(\d)([a-z]?)", name)
+        if match:
+            major, minor, suffix = match.groups()
+            archs[(int(major) * 10 + int(minor), suffix)] = f"{major}.{minor}{suffix}"
+    if not archs:
+        raise SystemExit(
+            f"FORCE_CUDA=1 without a visible GPU: this torch ({torch.__version__}) lists no CUDA architectures; "
+            "set TORCH_CUDA_ARCH_LIST (e.g. '8.0;9.0+PTX') or install a CUDA build of torch."
+        )
+    ordered = [archs[key] for key in sorted(archs)]
+    return ";".join(ordered) + "+PTX"
+
+
+def _configure_cuda_build() -> None:
+    """Fails early on a missing toolkit and picks the architectures when no GPU can be asked."""
+    if CUDA_HOME is None:
+        raise SystemExit(
+            "CUDA kernels requested but torch found no CUDA toolkit: set CUDA_HOME (e.g. /usr/local/cuda) "
+            "before running setup.py, or unset FORCE_CUDA to build the CPU kernels only."
+        )
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _default_arch_list()
+
+
 def _extension():
     sources = sorted(glob.glob(str(CSRC / "**" / "*.cpp"), recursive=True))
-    define_macros: list[tuple[str, str | None]] = []
     extra_compile_args: dict[str, list[str]] = {"cxx": ["-O3", "-fopenmp"]}
     include_dirs = [str(CSRC)]
     if _want_cuda():
-        if os.environ.get("CUDA_HOME") is None and CUDA_HOME is None:
-            os.environ["CUDA_HOME"] = "/usr/local/cuda"
+        _configure_cuda_build()
         sources += sorted(glob.glob(str(CSRC / "**" / "*.cu"), recursive=True))
         include_dirs += _cuda_include_dirs()
-        define_macros.append(("WITH_CUDA", None))
         extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
         ext_cls = CUDAExtension
     else:
@@ -58,7 +92,6 @@ def _extension():
         "d2_maskext._C",
         [os.path.relpath(s, ROOT) for s in sources],
         include_dirs=include_dirs,
-        define_macros=define_macros,
         extra_compile_args=extra_compile_args,
         extra_link_args=["-fopenmp"],
     )

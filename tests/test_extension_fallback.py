@@ -39,3 +39,44 @@ def test_import_without_compiled_extension_warns_and_works():
     proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("OK")
+
+
+def test_kernel_device_types_lists_only_registered_backends():
+    import torch
+
+    from d2_maskext.layers._ext import kernel_device_types
+
+    with torch.library._scoped_library("d2mx_test_devices", "DEF") as lib:
+        lib.define("cpu_only(Tensor x) -> Tensor")
+        lib.impl("cpu_only", lambda x: x.clone(), "CPU")
+        assert kernel_device_types("d2mx_test_devices::cpu_only") == {"cpu"}
+
+
+def test_devices_without_a_kernel_take_the_pytorch_path(monkeypatch):
+    import importlib
+
+    import torch
+
+    from d2_maskext.layers import HAS_C_EXT, roi_align
+    from d2_maskext.layers._ext import ROI_ALIGN_DEVICE_TYPES
+
+    roi_align_module = importlib.import_module("d2_maskext.layers.roi_align")
+
+    if HAS_C_EXT:
+        assert {"cpu", "meta"} <= ROI_ALIGN_DEVICE_TYPES
+    calls = []
+    reference = roi_align_module.reference_roi_align
+
+    def recording_reference(*args, **kwargs):
+        calls.append(args[0][0].device.type)
+        return reference(*args, **kwargs)
+
+    monkeypatch.setattr(roi_align_module, "reference_roi_align", recording_reference)
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    rois = torch.tensor([[0, 0.5, 1.0, 4.0, 5.5]], dtype=torch.float64)
+    expected = roi_align(x, rois, 2, 1.0, 0, True)
+    assert calls == ([] if HAS_C_EXT else ["cpu"])
+    # As for a `_C` built without CUDA kernels receiving CUDA tensors.
+    monkeypatch.setattr(roi_align_module, "ROI_ALIGN_DEVICE_TYPES", ROI_ALIGN_DEVICE_TYPES - {"cpu"})
+    torch.testing.assert_close(roi_align(x, rois, 2, 1.0, 0, True), expected, rtol=1e-12, atol=1e-12)
+    assert calls[-1] == "cpu"

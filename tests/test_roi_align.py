@@ -93,6 +93,15 @@ def test_exact_values_on_a_hand_computed_grid():
     torch.testing.assert_close(out.flatten(), torch.tensor([10 + 1.5 + 0.5, 10.0, 10 + 1.5 + 2.0]))
 
 
+def test_box_whose_scaled_size_overflows_pools_zeros_in_legacy_mode():
+    # Finite float32 coordinates, but x2 * scale = -inf: the box has no size, not the legacy 1-pixel minimum.
+    x = torch.arange(1.0, 17.0).view(1, 1, 4, 4)
+    rois = torch.tensor([[0, 1.0, 1.0, -3e38, 2.0], [0, 1.0, 1.0, 2.0, -3e38]])
+    for aligned in (False, True):
+        assert roi_align(x, rois, 2, 2.0, 1, aligned).abs().max() == 0
+        assert single_level_reference(x, rois, (2, 2), 2.0, 1, aligned).abs().max() == 0
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize(("sampling_ratio", "aligned"), [(0, True), (2, False)])
 def test_gradcheck_float64(channels_last, sampling_ratio, aligned):

@@ -66,8 +66,9 @@ fi
 log "building d2_maskext and its extension (FORCE_CUDA=${FORCE_CUDA:-0})"
 if [ "${FORCE_CUDA:-0}" = "1" ]; then
   # setup.py adds <site-packages>/nvidia/cu13/include (cusparse.h, ...) to the include path itself.
+  # TORCH_CUDA_ARCH_LIST is left to setup.py: the visible GPU, or without one every architecture torch
+  # was built for, with PTX for the newest.
   export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-  export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
 fi
 export MAX_JOBS="${MAX_JOBS:-2}"
 "${PIP[@]}" install --no-build-isolation --no-deps -e "$REPO"

@@ -1,6 +1,7 @@
 """RoIAlign with torchvision's semantics, single- or multi-level, backed by ``torch.ops.d2_maskext.roi_align``.
 
-When the compiled extension is missing, the same functions run a pure-PyTorch implementation
+When the compiled extension is missing, or has no kernel for the device of the features (a ``_C`` built
+without CUDA given CUDA tensors), the same functions run a pure-PyTorch implementation
 (``reference_roi_align``): RoIAlign is separable, ``out[k, c] = Wy[k] @ map[b_k, c] @ Wx[k].T``, where
 ``Wy``/``Wx`` hold the bilinear weights of each bin's samples summed per pixel. It is exact but slower.
 """
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._ext import HAS_C_EXT
+from ._ext import ROI_ALIGN_DEVICE_TYPES
 
 __all__ = ["multilevel_roi_align", "reference_roi_align", "roi_align"]
 
@@ -59,7 +60,7 @@ def multilevel_roi_align(
     """
     pooled_height, pooled_width = _pair(output_size)
     scales = [float(s) for s in spatial_scales]
-    if HAS_C_EXT:
+    if features and features[0].device.type in ROI_ALIGN_DEVICE_TYPES:
         return torch.ops.d2_maskext.roi_align(
             list(features), rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned
         )
@@ -157,14 +158,15 @@ def _separable_weights(
     offset = 0.5 if aligned else 0.0
     start_w, start_h, end_w, end_h = (rois[:, j] * scale - offset for j in range(1, 5))
     roi_width, roi_height = end_w - start_w, end_h - start_h
-    if not aligned:
-        roi_width, roi_height = roi_width.clamp(min=1.0), roi_height.clamp(min=1.0)
+    # Before the legacy clamp, which would turn a -inf size into a 1-pixel box.
     finite = (
         torch.isfinite(start_w)
         & torch.isfinite(start_h)
         & torch.isfinite(roi_width)
         & torch.isfinite(roi_height)
     )
+    if not aligned:
+        roi_width, roi_height = roi_width.clamp(min=1.0), roi_height.clamp(min=1.0)
     bin_h = roi_height / output_size[0]
     bin_w = roi_width / output_size[1]
     wy = _axis_weights(start_h, bin_h, _sample_grid(bin_h, sampling_ratio, finite), output_size[0], height)

@@ -43,7 +43,8 @@ std::vector<at::Tensor> roi_align_backward(
 namespace roi_align_detail {
 
 // Shape/dtype/device checks shared by every backend (Meta included), with the offending values in the
-// message. Data-dependent checks (finite boxes, batch indices) live in the kernels.
+// message. Data-dependent checks (finite boxes, batch indices) run in the CPU and CUDA kernels through
+// `check_roi_values`.
 void check_forward_inputs(
     at::TensorList features,
     const at::Tensor& rois,
@@ -62,6 +63,25 @@ void check_backward_inputs(
     const c10::SymInt& channels,
     c10::SymIntArrayRef heights,
     c10::SymIntArrayRef widths);
+
+// Raises for roi `k` unless `roi_values_valid`; CPU and CUDA both report bad rois through it, so the two
+// devices fail with the same message.
+template <typename T>
+void check_roi_values(const T* roi, int64_t k, int64_t batch_size) {
+  if (C10_LIKELY(roi_values_valid(roi, batch_size))) {
+    return;
+  }
+  bool finite = true;
+  for (int j = 0; j < 5; ++j) {
+    finite = finite && finite_value(roi[j]);
+  }
+  TORCH_CHECK(
+      finite, "roi_align: roi ", k, " = (", roi[0], ", ", roi[1], ", ", roi[2], ", ", roi[3], ", ", roi[4],
+      ") has a non-finite value");
+  TORCH_CHECK(
+      false, "roi_align: roi ", k, " has batch index ", roi[0], " but the feature maps hold ", batch_size,
+      " images");
+}
 
 // The kernels pool channels-last maps in place when every level is channels-last; otherwise NCHW.
 bool use_channels_last(at::TensorList features);

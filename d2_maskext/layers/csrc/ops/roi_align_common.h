@@ -89,13 +89,14 @@ D2MX_HOST_DEVICE inline bool roi_geometry(
   const T end_h = roi[4] * spatial_scale - offset;
   T roi_width = end_w - start_w;
   T roi_height = end_h - start_h;
+  // Tested before the legacy clamp below, which would turn a NaN or -inf size into a 1-pixel box.
+  if (!(finite_value(start_w) && finite_value(start_h) && finite_value(roi_width) && finite_value(roi_height))) {
+    return false;
+  }
   if (!aligned) {
     // Legacy (aligned=False) RoIAlign forces malformed rois to be 1x1.
     roi_width = roi_width > T(1) ? roi_width : T(1);
     roi_height = roi_height > T(1) ? roi_height : T(1);
-  }
-  if (!(finite_value(start_w) && finite_value(start_h) && finite_value(roi_width) && finite_value(roi_height))) {
-    return false;
   }
   geometry->start_h = start_h;
   geometry->start_w = start_w;
@@ -169,6 +170,18 @@ D2MX_HOST_DEVICE inline void sample_range(
   if (*last < *first) {
     *last = *first;
   }
+}
+
+// True when `roi` (batch_index, x1, y1, x2, y2) has only finite values and a batch index in
+// [0, batch_size); other rois are input errors, reported by `check_roi_values` (ops/roi_align.h).
+template <typename T>
+D2MX_HOST_DEVICE inline bool roi_values_valid(const T* roi, int64_t batch_size) {
+  for (int j = 0; j < 5; ++j) {
+    if (!finite_value(roi[j])) {
+      return false;
+    }
+  }
+  return roi[0] >= T(0) && roi[0] < static_cast<T>(batch_size);
 }
 
 // Reads (batch index, level) of roi `k`; returns false when the roi must produce zeros: a level outside the

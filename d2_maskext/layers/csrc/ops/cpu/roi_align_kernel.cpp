@@ -367,14 +367,7 @@ RoiPlan<acc_t> plan_rois(const LevelTable<element_t>& table, const at::Tensor& r
   std::vector<int> level(num_rois, 0);
   for (int64_t k = 0; k < num_rois; ++k) {
     const acc_t* roi = roi_data + k * 5;
-    for (int j = 0; j < 5; ++j) {
-      TORCH_CHECK(
-          std::isfinite(static_cast<double>(roi[j])), "roi_align: roi ", k, " = (", roi[0], ", ", roi[1], ", ",
-          roi[2], ", ", roi[3], ", ", roi[4], ") has a non-finite value");
-    }
-    TORCH_CHECK(
-        roi[0] >= 0 && roi[0] < static_cast<acc_t>(batch_size), "roi_align: roi ", k, " has batch index ",
-        roi[0], " but the feature maps hold ", batch_size, " images");
+    roi_align_detail::check_roi_values(roi, k, batch_size);
     if (!roi_align_detail::roi_target(roi, levels, k, table.num_levels, batch_size, &image[k], &level[k])) {
       image[k] = -1;  // level outside the table
     }

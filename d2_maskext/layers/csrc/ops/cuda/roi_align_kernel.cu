@@ -1,17 +1,26 @@
 // CUDA kernels of d2_maskext::roi_align: one thread per output element, samples taken with the shared
-// per-sample math (ops/roi_align_common.h), so CPU and CUDA agree. The backward scatters with atomics
-// (accumulating in float/double); it is nondeterministic, so it refuses to run under
-// torch.use_deterministic_algorithms(True). Rois with a batch index outside the batch, a level outside the
-// table or non-finite coordinates pool to zeros here (checking them would need a device sync).
+// per-sample math (ops/roi_align_common.h), so CPU and CUDA agree.
+//
+// Maps are read in their own layout: NCHW, or NHWC when every level is channels-last (then neighbouring
+// threads take neighbouring channels, so their reads and atomics are coalesced and no NCHW copy is made).
+// Thread indices are decoded with 32-bit arithmetic whenever the output fits.
+//
+// The forward first validates the rois on the device and raises, like the CPU kernel, for a non-finite
+// value or a batch index outside the batch (one small kernel and one 8-byte copy to the host). The backward
+// trusts the rois its forward validated. It scatters with atomics (accumulating in float/double) and is
+// nondeterministic, so it refuses to run under torch.use_deterministic_algorithms(True).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/Atomic.cuh>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "ops/roi_align.h"
@@ -38,13 +47,46 @@ struct OutputElement {
   int64_t k, c, ph, pw;
 };
 
-__device__ inline OutputElement output_element(int64_t index, const Pooling& p) {
-  const int64_t bins = p.pooled_height * p.pooled_width;
-  return {index / (bins * p.channels), (index / bins) % p.channels, (index / p.pooled_width) % p.pooled_height,
-          index % p.pooled_width};
+// Output element handled by thread `t`: in output order for NCHW maps, channel-fastest for NHWC maps.
+// Three divisions (each paired with its remainder) in `index_t`, 32-bit when the output allows it.
+template <typename index_t, bool kChannelsLast>
+__device__ inline OutputElement output_element(int64_t t, const Pooling& p) {
+  const index_t i = static_cast<index_t>(t);
+  const index_t channels = static_cast<index_t>(p.channels);
+  const index_t pooled_height = static_cast<index_t>(p.pooled_height);
+  const index_t pooled_width = static_cast<index_t>(p.pooled_width);
+  if constexpr (kChannelsLast) {
+    const index_t pixel = i / channels;  // (k, ph, pw)
+    const index_t row = pixel / pooled_width;  // (k, ph)
+    const index_t k = row / pooled_height;
+    return {k, i - pixel * channels, row - k * pooled_height, pixel - row * pooled_width};
+  } else {
+    const index_t row = i / pooled_width;  // (k, c, ph)
+    const index_t plane = row / pooled_height;  // (k, c)
+    const index_t k = plane / channels;
+    return {k, plane - k * channels, row - plane * pooled_height, i - row * pooled_width};
+  }
 }
 
-// Where output element `e` samples from: its map plane and the sample ranges of its bin.
+__device__ inline int64_t output_offset(const OutputElement& e, const Pooling& p) {
+  return ((e.k * p.channels + e.c) * p.pooled_height + e.ph) * p.pooled_width + e.pw;
+}
+
+// Where pixel (y, x) of one channel of one image of a level lies: data + offset + y * row + x * pixel.
+struct PlaneView {
+  int64_t offset, row, pixel;
+};
+
+template <bool kChannelsLast>
+__device__ inline PlaneView plane_view(int64_t image, int64_t c, int64_t channels, int64_t height, int64_t width) {
+  if constexpr (kChannelsLast) {
+    return {image * height * width * channels + c, width * channels, channels};
+  } else {
+    return {(image * channels + c) * height * width, width, 1};
+  }
+}
+
+// Where output element `e` samples from: its map and the sample ranges of its bin.
 template <typename acc_t>
 struct BinSamples {
   int64_t image, height, width, grid_h, grid_w, y_first, y_last, x_first, x_last;
@@ -79,75 +121,126 @@ __device__ bool locate_bin(
   return true;
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t, bool kChannelsLast>
 __global__ void roi_align_forward_kernel(
     int64_t total, LevelTable<const scalar_t> table, const at::opmath_type<scalar_t>* rois,
     const int64_t* levels, Pooling p, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   using namespace roi_align_detail;
-  for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
-       index += int64_t(blockDim.x) * gridDim.x) {
-    const OutputElement e = output_element(index, p);
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(blockDim.x) * gridDim.x) {
+    const OutputElement e = output_element<index_t, kChannelsLast>(t, p);
     acc_t sum = 0;
     BinSamples<acc_t> s;
     if (locate_bin(table, rois, levels, e, p, &s)) {
-      const scalar_t* map = table.data[s.level] + (s.image * p.channels + e.c) * s.height * s.width;
+      const PlaneView v = plane_view<kChannelsLast>(s.image, e.c, p.channels, s.height, s.width);
+      const scalar_t* map = table.data[s.level] + v.offset;
       for (int64_t iy = s.y_first; iy < s.y_last; ++iy) {
         const auto ys = axis_sample(sample_position(s.origin_h, s.bin_h, iy, s.grid_h), s.height);
         if (!ys.valid) {
           continue;
         }
-        const scalar_t* row_low = map + ys.low * s.width;
-        const scalar_t* row_high = map + ys.high * s.width;
+        const scalar_t* row_low = map + ys.low * v.row;
+        const scalar_t* row_high = map + ys.high * v.row;
         for (int64_t ix = s.x_first; ix < s.x_last; ++ix) {
           const auto xs = axis_sample(sample_position(s.origin_w, s.bin_w, ix, s.grid_w), s.width);
           if (!xs.valid) {
             continue;
           }
-          sum += ys.w_low * (xs.w_low * static_cast<acc_t>(row_low[xs.low]) +
-                             xs.w_high * static_cast<acc_t>(row_low[xs.high])) +
-              ys.w_high * (xs.w_low * static_cast<acc_t>(row_high[xs.low]) +
-                           xs.w_high * static_cast<acc_t>(row_high[xs.high]));
+          const int64_t x_low = xs.low * v.pixel;
+          const int64_t x_high = xs.high * v.pixel;
+          sum += ys.w_low * (xs.w_low * static_cast<acc_t>(row_low[x_low]) +
+                             xs.w_high * static_cast<acc_t>(row_low[x_high])) +
+              ys.w_high * (xs.w_low * static_cast<acc_t>(row_high[x_low]) +
+                           xs.w_high * static_cast<acc_t>(row_high[x_high]));
         }
       }
       sum /= static_cast<acc_t>(s.grid_h) * static_cast<acc_t>(s.grid_w);
     }
-    out[index] = static_cast<scalar_t>(sum);
+    out[output_offset(e, p)] = static_cast<scalar_t>(sum);
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t, bool kChannelsLast>
 __global__ void roi_align_backward_kernel(
     int64_t total, LevelTable<at::opmath_type<scalar_t>> grad_maps, const at::opmath_type<scalar_t>* rois,
     const int64_t* levels, Pooling p, const scalar_t* grad) {
   using acc_t = at::opmath_type<scalar_t>;
   using namespace roi_align_detail;
-  for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
-       index += int64_t(blockDim.x) * gridDim.x) {
-    const OutputElement e = output_element(index, p);
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(blockDim.x) * gridDim.x) {
+    const OutputElement e = output_element<index_t, kChannelsLast>(t, p);
     BinSamples<acc_t> s;
     if (!locate_bin(grad_maps, rois, levels, e, p, &s)) {
       continue;
     }
-    const acc_t g = static_cast<acc_t>(grad[index]) /
+    const acc_t g = static_cast<acc_t>(grad[output_offset(e, p)]) /
         (static_cast<acc_t>(s.grid_h) * static_cast<acc_t>(s.grid_w));
-    acc_t* map = grad_maps.data[s.level] + (s.image * p.channels + e.c) * s.height * s.width;
+    const PlaneView v = plane_view<kChannelsLast>(s.image, e.c, p.channels, s.height, s.width);
+    acc_t* map = grad_maps.data[s.level] + v.offset;
     for (int64_t iy = s.y_first; iy < s.y_last; ++iy) {
       const auto ys = axis_sample(sample_position(s.origin_h, s.bin_h, iy, s.grid_h), s.height);
       if (!ys.valid) {
         continue;
       }
+      acc_t* row_low = map + ys.low * v.row;
+      acc_t* row_high = map + ys.high * v.row;
       for (int64_t ix = s.x_first; ix < s.x_last; ++ix) {
         const auto xs = axis_sample(sample_position(s.origin_w, s.bin_w, ix, s.grid_w), s.width);
         if (!xs.valid) {
           continue;
         }
-        gpuAtomicAdd(map + ys.low * s.width + xs.low, g * ys.w_low * xs.w_low);
-        gpuAtomicAdd(map + ys.low * s.width + xs.high, g * ys.w_low * xs.w_high);
-        gpuAtomicAdd(map + ys.high * s.width + xs.low, g * ys.w_high * xs.w_low);
-        gpuAtomicAdd(map + ys.high * s.width + xs.high, g * ys.w_high * xs.w_high);
+        const int64_t x_low = xs.low * v.pixel;
+        const int64_t x_high = xs.high * v.pixel;
+        gpuAtomicAdd(row_low + x_low, g * ys.w_low * xs.w_low);
+        gpuAtomicAdd(row_low + x_high, g * ys.w_low * xs.w_high);
+        gpuAtomicAdd(row_high + x_low, g * ys.w_high * xs.w_low);
+        gpuAtomicAdd(row_high + x_high, g * ys.w_high * xs.w_high);
       }
     }
+  }
+}
+
+// Lowers `*first` to the index of every roi that fails `roi_values_valid`, so it ends as the first one.
+template <typename acc_t>
+__global__ void first_invalid_roi_kernel(int64_t num_rois, const acc_t* rois, int64_t batch_size, int64_t* first) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < num_rois;
+       k += int64_t(blockDim.x) * gridDim.x) {
+    if (!roi_align_detail::roi_values_valid(rois + k * 5, batch_size)) {
+      atomicMin(reinterpret_cast<unsigned long long*>(first), static_cast<unsigned long long>(k));
+    }
+  }
+}
+
+// Raises like the CPU kernel for the first roi with a non-finite value or a batch index outside the batch.
+// The host waits for the check (the one sync of the op); while a CUDA graph is being captured it cannot,
+// so there the check is skipped and such rois pool to zeros.
+void check_rois(const at::Tensor& rois_acc, int64_t batch_size) {
+  const int64_t num_rois = rois_acc.size(0);
+  if (num_rois == 0 || c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
+    return;
+  }
+  at::Tensor first = at::full({1}, num_rois, rois_acc.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(rois_acc.scalar_type(), "roi_align_check_rois_cuda", [&] {
+    first_invalid_roi_kernel<scalar_t><<<blocks_for(num_rois), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        num_rois, rois_acc.const_data_ptr<scalar_t>(), batch_size, first.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  const int64_t k = first.item<int64_t>();
+  if (k < num_rois) {
+    const at::Tensor roi = rois_acc[k].cpu();
+    AT_DISPATCH_FLOATING_TYPES(roi.scalar_type(), "roi_align_report_roi_cuda", [&] {
+      roi_align_detail::check_roi_values(roi.const_data_ptr<scalar_t>(), k, batch_size);
+    });
+  }
+}
+
+// Calls launch(index_t{}, std::bool_constant<channels_last>{}) with the narrowest index type for `total`.
+template <typename Launch>
+void with_kernel_variant(int64_t total, bool channels_last, const Launch& launch) {
+  const bool narrow = total <= std::numeric_limits<int32_t>::max();
+  if (channels_last) {
+    narrow ? launch(int32_t{}, std::true_type{}) : launch(int64_t{}, std::true_type{});
+  } else {
+    narrow ? launch(int32_t{}, std::false_type{}) : launch(int64_t{}, std::false_type{});
   }
 }
 
@@ -162,13 +255,15 @@ at::Tensor roi_align_forward_cuda(
     bool aligned) {
   roi_align_detail::check_forward_inputs(features, rois, levels, spatial_scales, pooled_height, pooled_width);
   const c10::cuda::CUDAGuard guard(features[0].device());
+  const bool channels_last = roi_align_detail::use_channels_last(features);
   std::vector<at::Tensor> maps;
   for (const auto& f : features) {
-    maps.push_back(f.contiguous());
+    maps.push_back(channels_last ? f : f.contiguous());
   }
   const at::Tensor& first = maps[0];
   const Pooling p{pooled_height, pooled_width, sampling_ratio, first.size(0), first.size(1), aligned};
   const at::Tensor rois_acc = rois.to(roi_align_detail::accumulate_type(first.scalar_type())).contiguous();
+  check_rois(rois_acc, p.batch_size);
   const at::Tensor levels_long = roi_align_detail::levels_as_long(levels);
   at::Tensor output = at::empty({rois.size(0), p.channels, pooled_height, pooled_width}, first.options());
   const int64_t total = output.numel();
@@ -178,11 +273,14 @@ at::Tensor roi_align_forward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "roi_align_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto table = roi_align_detail::level_table<const scalar_t>(maps, spatial_scales);
-    roi_align_forward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        total, table, rois_acc.const_data_ptr<acc_t>(),
-        levels_long.defined() ? levels_long.const_data_ptr<int64_t>() : nullptr, p,
-        output.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_kernel_variant(total, channels_last, [&](auto index, auto layout) {
+      roi_align_forward_kernel<scalar_t, decltype(index), decltype(layout)::value>
+          <<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              total, table, rois_acc.const_data_ptr<acc_t>(),
+              levels_long.defined() ? levels_long.const_data_ptr<int64_t>() : nullptr, p,
+              output.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return output;
 }
@@ -207,9 +305,12 @@ std::vector<at::Tensor> roi_align_backward_cuda(
   at::globalContext().alertNotDeterministic("d2_maskext::_roi_align_backward (CUDA, atomics)");
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::ScalarType acc_type = roi_align_detail::accumulate_type(grad.scalar_type());
+  // Accumulated in the layout the gradients are returned in; only float16/bfloat16 need a second buffer.
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   std::vector<at::Tensor> grad_maps;
   for (size_t l = 0; l < heights.size(); ++l) {
-    grad_maps.push_back(at::zeros({batch_size, channels, heights[l], widths[l]}, grad.options().dtype(acc_type)));
+    grad_maps.push_back(at::zeros(
+        {batch_size, channels, heights[l], widths[l]}, grad.options().dtype(acc_type).memory_format(format)));
   }
   const Pooling p{pooled_height, pooled_width, sampling_ratio, batch_size, channels, aligned};
   const at::Tensor grad_c = grad.contiguous();
@@ -220,16 +321,20 @@ std::vector<at::Tensor> roi_align_backward_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto table = roi_align_detail::level_table<acc_t>(grad_maps, spatial_scales);
-      roi_align_backward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          total, table, rois_acc.const_data_ptr<acc_t>(),
-          levels_long.defined() ? levels_long.const_data_ptr<int64_t>() : nullptr, p,
-          grad_c.const_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      with_kernel_variant(total, channels_last, [&](auto index, auto layout) {
+        roi_align_backward_kernel<scalar_t, decltype(index), decltype(layout)::value>
+            <<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                total, table, rois_acc.const_data_ptr<acc_t>(),
+                levels_long.defined() ? levels_long.const_data_ptr<int64_t>() : nullptr, p,
+                grad_c.const_data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   }
-  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  for (auto& g : grad_maps) {
-    g = g.to(grad.scalar_type()).contiguous(format);
+  if (acc_type != grad.scalar_type()) {
+    for (auto& g : grad_maps) {
+      g = g.to(grad.scalar_type());  // keeps the memory format
+    }
   }
   return grad_maps;
 }

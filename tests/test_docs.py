@@ -1,0 +1,59 @@
+"""docs/config_keys.md is what tools/dump_config_keys.py generates from config.py; the README stays short and
+its links and paths exist."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", REPO / "tests" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def _dump_config_keys():
+    spec = importlib.util.spec_from_file_location("dump_config_keys", REPO / "tools" / "dump_config_keys.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_keys_page_is_up_to_date():
+    tool = _dump_config_keys()
+    assert tool.OUTPUT.read_text() == tool.render(tool.CONFIG_SOURCE.read_text()), (
+        "docs/config_keys.md is stale: run python tools/dump_config_keys.py"
+    )
+
+
+def test_every_config_key_is_documented():
+    from detectron2.config import get_cfg
+
+    from d2_maskext.config import add_maskext_config
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            yield from leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+
+    added = set(leaves(add_maskext_config(get_cfg()))) - set(leaves(get_cfg()))
+    page = (REPO / "docs" / "config_keys.md").read_text()
+    assert sorted(k for k in added if f"`{k}`" not in page) == []
+
+
+def test_readme_is_short():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 200
+
+
+def test_relative_links_resolve():
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert broken == []
+
+
+def test_repository_paths_in_readme_commands_exist():
+    text = (REPO / "README.md").read_text()
+    paths = set(re.findall(r"\b((?:tools|configs|benchmarks)/[\w./-]+\.(?:py|sh|yaml))\b", text))
+    assert paths, "the README names no repository paths"
+    assert sorted(p for p in paths if not (REPO / p).exists()) == []

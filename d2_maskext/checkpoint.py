@@ -9,9 +9,14 @@ file names. :class:`SafeCheckpointer` fixes both and is otherwise Detectron2's `
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pickle
 import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -91,8 +96,78 @@ def _refusal(filename: str, reason: str) -> UntrustedCheckpointError:
     )
 
 
+# Detectron2's name matching for model-zoo files logs every match and every shape mismatch on its own;
+# SafeCheckpointer reports the outcome once instead (see LoadReport).
+_NAME_MATCHING_LOGGER = "detectron2.checkpoint.c2_model_loading"
+
+
+def _by_module(keys: Iterable[str], depth: int = 3) -> str:
+    """``prefix (number of tensors)`` for the first ``depth`` name parts of the keys' modules."""
+    modules = Counter(".".join(k.split(".")[:-1][:depth]) or "(model)" for k in keys)
+    return ", ".join(f"{module} ({count})" for module, count in modules.items())
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What loading a checkpoint did to each tensor of the model's state dict.
+
+    Fine-tuning from a model-zoo checkpoint with another number of classes reshapes the class-dependent
+    layers (``cls_score``, ``bbox_pred``, the mask predictor): they are skipped and keep their fresh
+    initialisation, like the layers a plugin head adds, which the checkpoint does not have.
+    """
+
+    loaded: tuple[str, ...]
+    reshaped: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]  # key, checkpoint shape, model shape
+    new: tuple[str, ...]
+    unused: tuple[str, ...]
+
+    @classmethod
+    def from_incompatible(cls, model_keys: Iterable[str], incompatible: Any) -> LoadReport:
+        """From fvcore's ``_IncompatibleKeys`` (its missing keys include the reshaped ones)."""
+        reshaped = tuple((k, tuple(ckpt), tuple(model)) for k, ckpt, model in incompatible.incorrect_shapes)
+        missing = set(incompatible.missing_keys)
+        reshaped_keys = {k for k, _, _ in reshaped}
+        return cls(
+            loaded=tuple(k for k in model_keys if k not in missing),
+            reshaped=reshaped,
+            new=tuple(k for k in incompatible.missing_keys if k not in reshaped_keys),
+            unused=tuple(incompatible.unexpected_keys),
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Every tensor of the model came from the checkpoint and every tensor of the checkpoint was used."""
+        return not (self.reshaped or self.new or self.unused)
+
+    def __str__(self) -> str:
+        lines = [
+            "Model initialised from the checkpoint:",
+            f"  loaded, {len(self.loaded)} tensors: {_by_module(self.loaded, depth=2)}",
+        ]
+        if self.reshaped:
+            lines.append(f"  shape differs, skipped (newly initialised), {len(self.reshaped)} tensors:")
+            lines += [f"    {k}: {ckpt} in the checkpoint, {model} in the model" for k, ckpt, model in self.reshaped]
+        if self.new:
+            lines.append(f"  not in the checkpoint, newly initialised, {len(self.new)} tensors: {_by_module(self.new)}")
+        if self.unused:
+            lines.append(f"  in the checkpoint, unused by the model, {len(self.unused)} tensors: {_by_module(self.unused)}")
+        return "\n".join(lines)
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Only errors from ``logger_name`` inside the block."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class SafeCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` with atomic saves and weights-only loads.
+    """``DetectionCheckpointer`` with atomic saves, weights-only loads and one report per load.
 
     Saves: the checkpoint, then ``last_checkpoint``, are each written with :func:`atomic_open`, so a kill
     at any moment leaves the previous or the new complete file and ``--resume`` never picks a truncated
@@ -102,6 +177,9 @@ class SafeCheckpointer(DetectionCheckpointer):
     dicts of numpy arrays) must pass an unpickler that only rebuilds numpy arrays and containers before
     Detectron2 converts them as usual. Anything else raises :class:`UntrustedCheckpointError` naming the
     file, unless ``allow_unsafe_pickle`` (config ``CHECKPOINT.ALLOW_UNSAFE_PICKLE``) declares it trusted.
+
+    Each load logs one :class:`LoadReport`: what was loaded, reshaped and skipped, newly initialised and
+    left unused (instead of Detectron2's separate messages for each).
     """
 
     def __init__(
@@ -142,6 +220,14 @@ class SafeCheckpointer(DetectionCheckpointer):
             raise
         except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
             raise RuntimeError(f"Cannot read checkpoint {filename}: {type(e).__name__}: {e}") from e
+
+    def _load_model(self, checkpoint: dict[str, Any]) -> Any:
+        with _quiet(_NAME_MATCHING_LOGGER):
+            return super()._load_model(checkpoint)
+
+    def _log_incompatible_keys(self, incompatible: Any) -> None:
+        report = LoadReport.from_incompatible(self.model.state_dict().keys(), incompatible)
+        self.logger.log(logging.INFO if report.complete else logging.WARNING, str(report))
 
     def _check_numpy_only_pickle(self, filename: str) -> None:
         """Unpickle with the restricted unpickler; Detectron2 then loads the (now known harmless) file."""

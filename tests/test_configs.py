@@ -24,10 +24,12 @@ CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if not p.name.startswith
 
 
 def tiny_cfg(path: Path):
-    """``path`` shrunk to the tiny test model; every detection is kept, so inference always returns some."""
+    """``path`` shrunk to the tiny test model, with the five classes of the synthetic batches (fine-tuning
+    configs name their own); every detection is kept, so inference always returns some."""
     cfg = add_maskext_config(get_cfg())
     cfg.merge_from_file(str(path))
     shrink_to_tiny(cfg)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 5
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     return cfg
 

@@ -77,6 +77,14 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "detectron2.checkpoint:DetectionCheckpointer._load_file", "SafeCheckpointer for the .pkl check"
     ),
     Requirement(
+        "detectron2.checkpoint:DetectionCheckpointer._load_model", "SafeCheckpointer's load report", ("checkpoint",)
+    ),
+    Requirement(
+        "detectron2.checkpoint:DetectionCheckpointer._log_incompatible_keys",
+        "SafeCheckpointer's load report",
+        ("incompatible",),
+    ),
+    Requirement(
         "detectron2.evaluation:COCOEvaluator",
         "the evaluator (TEST.EVAL.MAX_DETS_PER_IMAGE)",
         ("max_dets_per_image", "use_fast_impl"),
@@ -99,9 +107,11 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("detectron2.engine:create_ddp_model", "the trainer"),
     Requirement("detectron2.modeling:StandardROIHeads._init_box_head", "the ROI heads' pooler choice"),
     Requirement("detectron2.modeling:StandardROIHeads._init_mask_head", "the ROI heads' pooler choice"),
+    Requirement(
+        "detectron2.modeling.roi_heads.mask_head:build_mask_head", "mask heads that pool their own features"
+    ),
     Requirement("detectron2.modeling:GeneralizedRCNN._postprocess", "the Mask R-CNN meta-architecture"),
     Requirement("detectron2.modeling.poolers:assign_boxes_to_levels", "the fused FPN pooler"),
-    Requirement("detectron2.modeling.poolers:convert_boxes_to_pooler_format", "the fused FPN pooler"),
     Requirement("detectron2.layers:DepthwiseSeparableConv2d", "the lightweight mask head"),
 )
 

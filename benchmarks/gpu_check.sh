@@ -36,7 +36,7 @@ if [ ! -x "$REPO/.venv/bin/python" ]; then
 fi
 PY="$REPO/.venv/bin/python"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to torch')"
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" PYTHONUNBUFFERED=1
 
 # 1. Build (~2 min): with the GPU visible, torch compiles for that GPU's architecture only.
 step "build the CUDA extension" build.log \

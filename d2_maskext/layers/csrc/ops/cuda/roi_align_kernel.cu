@@ -309,8 +309,9 @@ std::vector<at::Tensor> roi_align_backward_cuda(
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   std::vector<at::Tensor> grad_maps;
   for (size_t l = 0; l < heights.size(); ++l) {
-    grad_maps.push_back(at::zeros(
-        {batch_size, channels, heights[l], widths[l]}, grad.options().dtype(acc_type).memory_format(format)));
+    // at::zeros would drop a memory format given in its options.
+    grad_maps.push_back(
+        at::empty({batch_size, channels, heights[l], widths[l]}, grad.options().dtype(acc_type), format).zero_());
   }
   const Pooling p{pooled_height, pooled_width, sampling_ratio, batch_size, channels, aligned};
   const at::Tensor grad_c = grad.contiguous();

@@ -25,6 +25,7 @@ from train_net_runner import shrink_to_tiny
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.layers import HAS_C_EXT, FusedROIPooler
+from d2_maskext.layers._ext import ROI_ALIGN_DEVICE_TYPES
 from d2_maskext.modeling.heads import DoubleConvFCHead
 
 pytestmark = pytest.mark.skipif(not HAS_C_EXT, reason="scripting calls the compiled d2_maskext::roi_align op")
@@ -43,6 +44,9 @@ INSTANCE_FIELDS = {
     "pred_maskiou": Tensor,
 }
 MASK_HEADS = ["MaskRCNNConvUpsampleHead", "MaskExtConvUpsampleHead", "BoundaryMaskHead", "LightMaskHead"]
+NEEDS_CUDA_KERNEL = pytest.mark.skipif(
+    not torch.cuda.is_available() or "cuda" not in ROI_ALIGN_DEVICE_TYPES, reason="needs a GPU and the CUDA kernel"
+)
 
 
 def variant_cfg(variant: str, *opts: str) -> CfgNode:
@@ -59,19 +63,21 @@ def fpn_features(batch: int, channels: int, height: int, width: int) -> list[Ten
 
 
 # ------------------------------------------------------------------------------------------- pooler
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NEEDS_CUDA_KERNEL)])
 @pytest.mark.parametrize("num_levels", [1, 4])
-def test_fused_pooler_scripts(num_levels: int):
+def test_fused_pooler_scripts(num_levels: int, device: str):
     """As Detectron2's ROIPooler scriptability test: the scripted pooler gives exactly the eager output."""
     torch.manual_seed(0)
     scales = FPN_SCALES[2:3] if num_levels == 1 else FPN_SCALES
     pooler = FusedROIPooler(output_size=14, scales=scales, sampling_ratio=0, pooler_type="ROIAlignV2")
-    features = fpn_features(2, 4, 160, 128)[2:3] if num_levels == 1 else fpn_features(2, 4, 160, 128)
-    box_lists = [Boxes(random_boxes(10, 128)), Boxes(random_boxes(7, 128))]
+    features = [f.to(device) for f in fpn_features(2, 4, 160, 128)]
+    features = features[2:3] if num_levels == 1 else features
+    box_lists = [Boxes(random_boxes(10, 128, device)), Boxes(random_boxes(7, 128, device))]
     scripted = reload_script_model(torch.jit.script(pooler))
     assert torch.equal(scripted(features, box_lists), pooler(features, box_lists))
     stock = ROIPooler(output_size=14, scales=scales, sampling_ratio=0, pooler_type="ROIAlignV2")
     torch.testing.assert_close(scripted(features, box_lists), stock(features, box_lists), rtol=1e-5, atol=1e-5)
-    empty = [Boxes(torch.zeros(0, 4)), Boxes(torch.zeros(0, 4))]
+    empty = [Boxes(torch.zeros(0, 4, device=device)), Boxes(torch.zeros(0, 4, device=device))]
     assert scripted(features, empty).shape == (0, 4, 14, 14)
 
 

@@ -14,6 +14,7 @@ def add_maskext_config(cfg: CN) -> CN:
     if "MASKEXT" in cfg.MODEL:
         return cfg
     _add_pooler_config(cfg)
+    _add_compute_config(cfg)
     _add_head_config(cfg)
     _add_data_config(cfg)
     _add_eval_config(cfg)
@@ -26,6 +27,17 @@ def _add_pooler_config(cfg: CN) -> None:
     cfg.MODEL.MASKEXT = CN()
     # "stock": Detectron2's ROIPooler (loop over FPN levels); "fused": one-call multi-level RoIAlign.
     cfg.MODEL.MASKEXT.POOLER = "stock"
+
+
+def _add_compute_config(cfg: CN) -> None:
+    """Memory format and precision of ``MaskExtRCNN`` (``MODEL.META_ARCHITECTURE: MaskExtRCNN``), applied in
+    training and inference alike."""
+    # Convolution weights and activations in channels-last (NHWC) memory format.
+    cfg.MODEL.MASKEXT.CHANNELS_LAST = False
+    # "float32", "bfloat16" (CPU with AVX512-BF16/AMX, or GPU; float32 is used on CPUs without them), or
+    # "float16" (GPU only; training it needs SOLVER.AMP.ENABLED for loss scaling). Boxes, scores, losses,
+    # mask pasting and weights stay float32.
+    cfg.MODEL.MASKEXT.PRECISION = "float32"
 
 
 def _add_head_config(cfg: CN) -> None:

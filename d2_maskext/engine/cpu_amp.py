@@ -2,7 +2,7 @@
 
 Detectron2's ``AMPTrainer`` is CUDA-only (float16 autocast with a gradient scaler) and refuses to start
 without a GPU. On CPUs with bfloat16 units (AVX512-BF16, AMX) autocasting the forward pass to bfloat16
-makes convolutions and matrix products markedly faster (1.48x per iteration for the demo model on a 2-core AMX CPU). Because
+makes convolutions and matrix products markedly faster (docs/benchmarks.md has measurements). Because
 bfloat16 keeps float32's exponent range, gradients need no loss scaling; parameters, optimizer state and
 checkpoints stay float32, so checkpoints are interchangeable with float32 runs.
 """
@@ -15,12 +15,9 @@ import time
 import torch
 from detectron2.engine import SimpleTrainer
 
+from ..modeling.precision import cpu_supports_fast_bfloat16, prepare_for_autocast
+
 logger = logging.getLogger(__name__)
-
-
-def cpu_supports_fast_bfloat16() -> bool:
-    """Whether oneDNN runs bfloat16 kernels natively here (otherwise they are emulated and slower)."""
-    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class CPUAutocastTrainer(SimpleTrainer):
@@ -32,6 +29,7 @@ class CPUAutocastTrainer(SimpleTrainer):
 
     def __init__(self, model: torch.nn.Module, data_loader, optimizer: torch.optim.Optimizer) -> None:
         super().__init__(model, data_loader, optimizer)
+        prepare_for_autocast(model)
         if not cpu_supports_fast_bfloat16():
             logger.warning(
                 "SOLVER.AMP.ENABLED on a CPU without native bfloat16 (AVX512-BF16/AMX): training is correct "

@@ -43,8 +43,17 @@ def _ddp_device_ids(model: nn.Module) -> list[int] | None:
 
 
 def _training_loop_class(cfg: CfgNode, model: nn.Module) -> type[SimpleTrainer]:
-    """Detectron2's loops, plus bfloat16 autocast when ``SOLVER.AMP.ENABLED`` asks for AMP on a CPU model."""
+    """Detectron2's loops, plus bfloat16 autocast when ``SOLVER.AMP.ENABLED`` asks for AMP on a CPU model.
+
+    ``MaskExtRCNN`` applies its own precision inside the model; float16 needs the gradient scaler of
+    Detectron2's ``AMPTrainer``, so it is refused without ``SOLVER.AMP.ENABLED``.
+    """
     if not cfg.SOLVER.AMP.ENABLED:
+        if cfg.MODEL.MASKEXT.PRECISION == "float16":
+            raise ValueError(
+                "MODEL.MASKEXT.PRECISION float16 needs loss scaling in training: set SOLVER.AMP.ENABLED True "
+                "(Detectron2's AMPTrainer), or use bfloat16"
+            )
         return SimpleTrainer
     return AMPTrainer if _is_cuda_model(model) else CPUAutocastTrainer
 

@@ -1,0 +1,144 @@
+"""``MaskExtRCNN``: Detectron2's ``GeneralizedRCNN`` running its network in channels-last and mixed precision.
+
+The settings live in the model (``MODEL.MASKEXT.CHANNELS_LAST``, ``MODEL.MASKEXT.PRECISION``), so every
+caller of ``model(inputs)`` — the trainer, ``DefaultPredictor``, ``--eval-only``, the evaluators, the
+prediction and report tools, user code — gets them without a change.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.structures import BitMasks, ImageList, Instances, ROIMasks
+from torch import Tensor, nn
+
+from ..layers import fold_frozen_batchnorm
+from ..layers.paste_masks import paste_masks
+from .precision import ComputeSettings, parse_precision, prepare_for_autocast, resolve_compute_settings
+
+__all__ = ["MaskExtRCNN"]
+
+# Modules whose outputs feed float32 math (box decoding, scores, NMS, losses, mask probabilities): their
+# outputs are cast back to float32 so that only the network itself runs in the reduced precision.
+FLOAT32_OUTPUT_MODULES = (
+    "proposal_generator.rpn_head",
+    "roi_heads.box_predictor",
+    "roi_heads.mask_head.predictor",
+    "roi_heads.mask_head.mask_logits",
+    "roi_heads.mask_head.boundary_predictor",
+    "roi_heads.maskiou_head",
+)
+
+
+def _to_float32(value):
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float32(v) for v in value)
+    return value
+
+
+def _outputs_to_float32(module: nn.Module, inputs, output):
+    return _to_float32(output)
+
+
+def _instances_to_float32(instances: Instances) -> Instances:
+    for name, value in instances.get_fields().items():
+        if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != torch.float32:
+            instances.set(name, value.float())
+    return instances
+
+
+class _SeparablePasteROIMasks(ROIMasks):
+    """``ROIMasks`` pasted by :func:`paste_masks` when ``detector_postprocess`` turns them into image masks."""
+
+    def __getitem__(self, item) -> _SeparablePasteROIMasks:
+        return _SeparablePasteROIMasks(super().__getitem__(item).tensor)
+
+    def to_bitmasks(self, boxes: Tensor, height, width, threshold: float = 0.5) -> BitMasks:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return super().to_bitmasks(boxes, height, width, threshold)
+        return BitMasks(paste_masks(self.tensor, boxes.tensor, (int(height), int(width)), threshold))
+
+
+@META_ARCH_REGISTRY.register()
+class MaskExtRCNN(GeneralizedRCNN):
+    """``GeneralizedRCNN`` whose backbone and heads run in the configured memory format and precision.
+
+    Weights stay float32 (channels-last strides only), so checkpoints load into stock ``GeneralizedRCNN``
+    and back. Under reduced precision, outputs that enter box decoding, NMS, losses and mask pasting are
+    float32, and returned instances hold float32 tensors. With either setting on, convolutions followed by
+    a frozen batch norm run folded into one (:func:`fold_frozen_batchnorm`). Masks are pasted into the image
+    by separable resizes (:func:`paste_masks`, equal to Detectron2's ``paste_masks_in_image``).
+    """
+
+    @configurable
+    def __init__(self, *, channels_last: bool = False, precision: torch.dtype = torch.float32, **kwargs):
+        super().__init__(**kwargs)
+        self.channels_last = channels_last
+        self.precision = precision
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        if channels_last or precision != torch.float32:
+            fold_frozen_batchnorm(self)
+        if precision != torch.float32:
+            prepare_for_autocast(self)
+            for name in FLOAT32_OUTPUT_MODULES:
+                module = self._submodule_or_none(name)
+                if module is not None:
+                    module.register_forward_hook(_outputs_to_float32)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        ret = super().from_config(cfg)
+        ret["channels_last"] = cfg.MODEL.MASKEXT.CHANNELS_LAST
+        ret["precision"] = parse_precision(cfg.MODEL.MASKEXT.PRECISION)
+        return ret
+
+    def _submodule_or_none(self, name: str) -> nn.Module | None:
+        try:
+            return self.get_submodule(name)
+        except AttributeError:
+            return None
+
+    @property
+    def compute_settings(self) -> ComputeSettings:
+        """What runs on the model's current device (bfloat16 falls back to float32 where it is slow)."""
+        return resolve_compute_settings(self.channels_last, self.precision, self.device.type)
+
+    def _autocast(self) -> AbstractContextManager:
+        dtype = self.compute_settings.autocast_dtype
+        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    def preprocess_image(self, batched_inputs: list[dict[str, Tensor]]) -> ImageList:
+        images = super().preprocess_image(batched_inputs)
+        if self.channels_last:
+            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def forward(self, batched_inputs: list[dict[str, Tensor]]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        with self._autocast():
+            losses = super().forward(batched_inputs)
+        return {name: value.float() for name, value in losses.items()}
+
+    def inference(
+        self,
+        batched_inputs: list[dict[str, Tensor]],
+        detected_instances: list[Instances] | None = None,
+        do_postprocess: bool = True,
+    ):
+        with self._autocast():
+            results = super().inference(batched_inputs, detected_instances, do_postprocess=False)
+        results = [_instances_to_float32(r) for r in results]
+        if not do_postprocess:
+            return results
+        for r in results:
+            if r.has("pred_masks"):
+                r.pred_masks = _SeparablePasteROIMasks(r.pred_masks[:, 0])
+        image_sizes = [tuple(x["image"].shape[-2:]) for x in batched_inputs]
+        return GeneralizedRCNN._postprocess(results, batched_inputs, image_sizes)

@@ -1,0 +1,108 @@
+"""Which compute dtype and memory format a model runs in, decided once per device.
+
+Convolutions dominate a full-size Mask R-CNN; on CPUs with AMX/AVX512-BF16 (and on GPUs) they are several
+times faster in channels-last bfloat16 than in NCHW float32. These helpers turn the config's wishes into a
+setting that this machine can honour, with one warning when it cannot.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import RoIPool
+
+logger = logging.getLogger(__name__)
+
+PRECISION_CHOICES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cpu_supports_fast_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 kernels natively here (otherwise they are emulated and slower)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def parse_precision(name: str) -> torch.dtype:
+    """``MODEL.MASKEXT.PRECISION`` as a dtype, or a ValueError listing the choices."""
+    if name not in PRECISION_CHOICES:
+        raise ValueError(f"MODEL.MASKEXT.PRECISION must be one of {sorted(PRECISION_CHOICES)}, got {name!r}")
+    return PRECISION_CHOICES[name]
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """Memory format and autocast dtype of the network's convolutions and matrix products.
+
+    ``autocast_dtype`` None means float32. Boxes, scores, losses and weights are float32 in every setting.
+    """
+
+    channels_last: bool = False
+    autocast_dtype: torch.dtype | None = None
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def describe(self) -> str:
+        dtype = str(self.autocast_dtype or torch.float32).replace("torch.", "")
+        return f"{dtype}, {'channels_last' if self.channels_last else 'NCHW'}"
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
+def resolve_compute_settings(channels_last: bool, precision: torch.dtype, device_type: str) -> ComputeSettings:
+    """The settings that run on ``device_type``: bfloat16 on a CPU without native bfloat16 falls back to
+    float32 (with one warning); float16 is refused on CPU, where it has no fast kernels."""
+    if precision == torch.float32:
+        return ComputeSettings(channels_last, None)
+    if device_type == "cpu":
+        if precision == torch.float16:
+            raise ValueError(
+                "MODEL.MASKEXT.PRECISION float16 is not supported on CPU (no fast float16 kernels); "
+                "use bfloat16, or float32 on CPUs without AVX512-BF16/AMX"
+            )
+        if not cpu_supports_fast_bfloat16():
+            _warn_once(
+                "MODEL.MASKEXT.PRECISION bfloat16: this CPU has no native bfloat16 (AVX512-BF16/AMX), where it "
+                "is slower than float32; running float32"
+                + (" with channels_last" if channels_last else "")
+                + " instead."
+            )
+            return ComputeSettings(channels_last, None)
+    elif device_type == "cuda" and precision == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        _warn_once("MODEL.MASKEXT.PRECISION bfloat16: this GPU has no bfloat16 support; running float16 instead.")
+        return ComputeSettings(channels_last, torch.float16)
+    return ComputeSettings(channels_last, precision)
+
+
+class _Float32RoIPool(RoIPool):
+    """torchvision's ``RoIPool`` has no autocast rule and wants features and boxes of one dtype: it pools
+    in float32 and returns the features' dtype."""
+
+    def forward(self, input: Tensor, rois: Tensor) -> Tensor:
+        return super().forward(input.float(), rois.float()).to(input.dtype)
+
+
+def prepare_for_autocast(model: nn.Module) -> None:
+    """Make every part of ``model`` run under reduced-precision autocast, or stop with the part named.
+
+    Detectron2's ``ROIPool`` poolers are switched (in place) to pool in float32; rotated poolers have no
+    reduced-precision path and are refused.
+    """
+    for name, module in model.named_modules():
+        if type(module) is RoIPool:
+            module.__class__ = _Float32RoIPool
+        elif type(module).__name__ == "ROIAlignRotated":
+            raise ValueError(
+                f"{name}: ROIAlignRotated has no mixed-precision support; set MODEL.MASKEXT.PRECISION float32 "
+                "and SOLVER.AMP.ENABLED False, or use ROIAlignV2"
+            )

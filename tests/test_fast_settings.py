@@ -1,0 +1,154 @@
+"""MaskExtRCNN's fast settings (channels-last, bfloat16): every component runs under them, boxes/losses/weights
+stay float32, checkpoints interchange with stock, and a trained model detects the same objects."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, pairwise_iou
+from train_net_runner import REPO, tiny_cfg
+
+from d2_maskext.data.formats.image_files import read_image
+from d2_maskext.engine import Trainer
+from d2_maskext.modeling import precision
+from d2_maskext.modeling.meta_arch import MaskExtRCNN
+
+FAST = ("MODEL.META_ARCHITECTURE", "MaskExtRCNN", "MODEL.MASKEXT.CHANNELS_LAST", "True",
+        "MODEL.MASKEXT.PRECISION", "bfloat16")
+VARIANTS = [REPO / "configs" / "quick_schedules" / "mask_rcnn_R18_FPN_GN_tiny.yaml",
+            *sorted((REPO / "configs" / "synthetic" / "variants").glob("*.yaml"))]
+TOP_DETECTIONS = 3
+LOW = torch.bfloat16 if precision.cpu_supports_fast_bfloat16() else torch.float32
+
+
+def _record_p2(model: torch.nn.Module) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    model.backbone.register_forward_hook(lambda module, inputs, output: seen.append(output["p2"]))
+    return seen
+
+
+@pytest.mark.parametrize("config", VARIANTS, ids=lambda p: p.stem)
+def test_every_head_variant_trains_and_infers_in_channels_last_bfloat16(tmp_path, config: Path):
+    trainer = Trainer(tiny_cfg(tmp_path, *FAST, "SOLVER.MAX_ITER", "1", config=config))
+    model = trainer.model
+    features = _record_p2(model)
+    trainer.train()
+
+    assert features[0].dtype == LOW and features[0].is_contiguous(memory_format=torch.channels_last)
+    losses = trainer.storage.latest()
+    loss_names = [k for k in losses if k.startswith("loss_")]
+    assert "loss_mask" in loss_names and all(math.isfinite(losses[k][0]) for k in loss_names), losses
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8)}])[0]["instances"]
+    assert features[-1].dtype == LOW
+    assert out.pred_boxes.tensor.dtype == torch.float32 and out.scores.dtype == torch.float32
+    assert out.pred_masks.dtype == torch.bool and out.pred_masks.shape[1:] == (128, 128)
+
+
+@pytest.mark.parametrize("pooler_type", ["ROIAlign", "ROIAlignV2", "ROIPool"])
+@pytest.mark.parametrize("mixed_precision", ["model", "solver"])
+def test_every_pooler_type_trains_under_mixed_precision(tmp_path, pooler_type: str, mixed_precision: str):
+    opts = FAST if mixed_precision == "model" else ("SOLVER.AMP.ENABLED", "True")
+    pooler = "fused" if pooler_type != "ROIPool" else "stock"
+    trainer = Trainer(tiny_cfg(
+        tmp_path, *opts, "SOLVER.MAX_ITER", "1", "MODEL.MASKEXT.POOLER", pooler,
+        "MODEL.ROI_BOX_HEAD.POOLER_TYPE", pooler_type, "MODEL.ROI_MASK_HEAD.POOLER_TYPE", pooler_type,
+    ))
+    trainer.train()
+    assert math.isfinite(trainer.storage.latest()["total_loss"][0])
+
+
+def test_float16_is_refused_on_cpu_and_without_loss_scaling(tmp_path):
+    with pytest.raises(ValueError, match="float16 is not supported on CPU"):
+        precision.resolve_compute_settings(False, torch.float16, "cpu")
+    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED"):
+        Trainer(tiny_cfg(tmp_path, "MODEL.META_ARCHITECTURE", "MaskExtRCNN", "MODEL.MASKEXT.PRECISION", "float16"))
+
+
+def test_cpu_without_native_bfloat16_runs_float32_channels_last_with_one_warning(monkeypatch, caplog, tmp_path):
+    monkeypatch.setattr(precision, "cpu_supports_fast_bfloat16", lambda: False)
+    monkeypatch.setattr(precision, "_warned", set())
+    model = build_model(tiny_cfg(tmp_path, *FAST))
+    with caplog.at_level(logging.WARNING, logger=precision.__name__):
+        for _ in range(2):
+            assert model.compute_settings == precision.ComputeSettings(channels_last=True, autocast_dtype=None)
+    warnings = [r for r in caplog.records if "no native bfloat16" in r.getMessage()]
+    assert len(warnings) == 1 and "channels_last" in warnings[0].getMessage()
+
+
+def test_checkpoints_interchange_with_stock_generalized_rcnn(tmp_path):
+    fast = build_model(tiny_cfg(tmp_path, *FAST))
+    assert isinstance(fast, MaskExtRCNN)
+    DetectionCheckpointer(fast, save_dir=str(tmp_path)).save("fast")
+    state = torch.load(tmp_path / "fast.pth", weights_only=True)["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+    stock = build_model(tiny_cfg(tmp_path))
+    assert type(stock).__name__ == "GeneralizedRCNN"
+    DetectionCheckpointer(stock).load(str(tmp_path / "fast.pth"))
+    for name, value in stock.state_dict().items():
+        assert torch.equal(value, fast.state_dict()[name]), name
+    DetectionCheckpointer(stock, save_dir=str(tmp_path)).save("stock")
+    reloaded = build_model(tiny_cfg(tmp_path, *FAST))
+    DetectionCheckpointer(reloaded).load(str(tmp_path / "stock.pth"))
+    assert all(torch.equal(v, fast.state_dict()[k]) for k, v in reloaded.state_dict().items())
+
+
+def test_float32_maskext_rcnn_predicts_exactly_like_generalized_rcnn(tmp_path):
+    torch.manual_seed(0)
+    stock = build_model(tiny_cfg(tmp_path, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")).eval()
+    plugin = build_model(tiny_cfg(tmp_path, "MODEL.META_ARCHITECTURE", "MaskExtRCNN",
+                                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")).eval()
+    plugin.load_state_dict(stock.state_dict())
+    image = {"image": torch.randint(0, 255, (3, 128, 160), dtype=torch.uint8), "height": 200, "width": 250}
+    with torch.no_grad():
+        a, b = stock([image])[0]["instances"], plugin([image])[0]["instances"]
+    assert len(a) > 0
+    for field in ("pred_boxes", "scores", "pred_classes", "pred_masks"):
+        x, y = a.get(field), b.get(field)
+        x, y = (x.tensor, y.tensor) if isinstance(x, Boxes) else (x, y)
+        assert torch.equal(x, y), field
+
+
+@pytest.fixture(scope="module")
+def trained_tiny_weights(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained_tiny")
+    trainer = Trainer(tiny_cfg(out, "SOLVER.MAX_ITER", "150", "SOLVER.BASE_LR", "0.02", "SOLVER.WARMUP_ITERS", "20"))
+    trainer.train()
+    DetectionCheckpointer(trainer.model, save_dir=str(out)).save("trained")
+    return out / "trained.pth"
+
+
+def test_fast_settings_find_the_same_objects_as_float32(tmp_path, trained_tiny_weights: Path):
+    models = {}
+    for name, opts in (("float32", ()), ("fast", FAST)):
+        model = build_model(tiny_cfg(tmp_path, *opts))
+        DetectionCheckpointer(model).load(str(trained_tiny_weights))
+        models[name] = model.eval()
+    matched = 0
+    for record in DatasetCatalog.get("maskext_synth_tiny_val"):
+        image = torch.as_tensor(read_image(record["file_name"], "BGR").transpose(2, 0, 1).copy())
+        with torch.no_grad():
+            ref, fast = (models[n]([{"image": image}])[0]["instances"] for n in ("float32", "fast"))
+        assert abs(len(ref) - len(fast)) <= 1, (record["file_name"], len(ref), len(fast))
+        # The top detections of each have a counterpart of the same class, with box IoU > 0.95, in the other.
+        for a, b in ((ref, fast), (fast, ref)):
+            a = a[a.scores.argsort(descending=True)[:TOP_DETECTIONS]]
+            if len(a) == 0 or len(b) == 0:
+                continue
+            iou = pairwise_iou(a.pred_boxes, b.pred_boxes)
+            iou[a.pred_classes[:, None] != b.pred_classes[None, :]] = 0
+            best = iou.max(dim=1).values
+            assert bool((best > 0.95).all()), (record["file_name"], best)
+            matched += len(a)
+    assert matched > 0

@@ -8,6 +8,7 @@ import os
 import weakref
 from argparse import Namespace
 
+import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (
@@ -42,17 +43,18 @@ def _ddp_device_ids(model: nn.Module) -> list[int] | None:
     return [comm.get_local_rank()] if _is_cuda_model(model) else None
 
 
-def _training_loop_class(cfg: CfgNode, model: nn.Module) -> type[SimpleTrainer]:
-    """Detectron2's loops, plus bfloat16 autocast when ``SOLVER.AMP.ENABLED`` asks for AMP on a CPU model.
+def training_loop_class(amp_enabled: bool, model: nn.Module) -> type[SimpleTrainer]:
+    """Detectron2's loops, plus bfloat16 autocast when AMP (``SOLVER.AMP.ENABLED``, lazy ``train.amp.enabled``)
+    is asked for on a CPU model.
 
     ``MaskExtRCNN`` applies its own precision inside the model; float16 needs the gradient scaler of
-    Detectron2's ``AMPTrainer``, so it is refused without ``SOLVER.AMP.ENABLED``.
+    Detectron2's ``AMPTrainer``, so it is refused without AMP.
     """
-    if not cfg.SOLVER.AMP.ENABLED:
-        if cfg.MODEL.MASKEXT.PRECISION == "float16":
+    if not amp_enabled:
+        if getattr(getattr(model, "module", model), "precision", torch.float32) == torch.float16:
             raise ValueError(
                 "MODEL.MASKEXT.PRECISION float16 needs loss scaling in training: set SOLVER.AMP.ENABLED True "
-                "(Detectron2's AMPTrainer), or use bfloat16"
+                "(lazy configs: train.amp.enabled=True; Detectron2's AMPTrainer), or use bfloat16"
             )
         return SimpleTrainer
     return AMPTrainer if _is_cuda_model(model) else CPUAutocastTrainer
@@ -81,7 +83,7 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=_ddp_device_ids(model))
-        self._trainer = _training_loop_class(cfg, model)(model, data_loader, optimizer)
+        self._trainer = training_loop_class(cfg.SOLVER.AMP.ENABLED, model)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer.from_config(cfg, model, trainer=weakref.proxy(self))
         self.start_iter = 0

@@ -1,8 +1,8 @@
 """Mask loss options shared by every plugin mask head: loss weight, Dice, boundary-weighted BCE.
 
 Targets are built exactly like Detectron2's ``mask_rcnn_loss`` (``gt_masks.crop_and_resize`` of each
-foreground proposal, the channel of its GT class unless masks are class-agnostic), so with the default
-options the loss equals Detectron2's.
+foreground proposal, the channel of its GT class unless masks are class-agnostic), once per training step
+and shared by every loss term, so with the default options the loss equals Detectron2's.
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ class MaskTargets(NamedTuple):
     classes: Tensor  # (B,) int64
 
 
+def rasterized_mask_targets(instances: Instances, side: int) -> Tensor:
+    """``gt_masks`` cropped to each proposal box at ``side x side``, computed once per training step.
+
+    The result is kept on ``instances`` (this step's foreground proposals), so the mask loss, the boundary
+    branch and the MaskIoU head share one rasterization instead of redoing ``crop_and_resize`` each.
+    """
+    field = f"gt_mask_targets_{side}"
+    if not instances.has(field):
+        instances.set(field, instances.gt_masks.crop_and_resize(instances.proposal_boxes.tensor, side))
+    return instances.get(field)
+
+
 def select_mask_targets(pred_mask_logits: Tensor, instances: list[Instances]) -> MaskTargets:
     """Pair ``(B, C, M, M)`` logits (C = 1 when class-agnostic) with Detectron2's rasterized mask targets."""
     side = pred_mask_logits.size(2)
@@ -37,9 +49,10 @@ def select_mask_targets(pred_mask_logits: Tensor, instances: list[Instances]) ->
         empty = pred_mask_logits[:, 0]
         return MaskTargets(empty, empty.detach().clone(), torch.zeros(0, dtype=torch.int64, device=empty.device))
     classes = cat([i.gt_classes.to(dtype=torch.int64) for i in labelled])
-    gt = cat([i.gt_masks.crop_and_resize(i.proposal_boxes.tensor, side) for i in labelled])
+    gt = cat([rasterized_mask_targets(i, side) for i in labelled])
     gt = gt.to(device=pred_mask_logits.device)
     masks = (gt if gt.dtype == torch.bool else gt > 0.5).to(torch.float32)
+    pred_mask_logits = pred_mask_logits.float()  # losses are float32 under autocast too
     if pred_mask_logits.size(1) == 1:
         logits = pred_mask_logits[:, 0]
     else:

@@ -38,7 +38,7 @@ def _is_cuda_model(model: nn.Module) -> bool:
     return next(model.parameters()).is_cuda
 
 
-def _ddp_device_ids(model: nn.Module) -> list[int] | None:
+def ddp_device_ids(model: nn.Module) -> list[int] | None:
     """torch's DDP wants ``device_ids`` for a CUDA model and refuses them for a CPU one."""
     return [comm.get_local_rank()] if _is_cuda_model(model) else None
 
@@ -82,7 +82,7 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False, device_ids=_ddp_device_ids(model))
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=ddp_device_ids(model))
         self._trainer = training_loop_class(cfg.SOLVER.AMP.ENABLED, model)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer.from_config(cfg, model, trainer=weakref.proxy(self))

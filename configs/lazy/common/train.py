@@ -1,0 +1,12 @@
+"""Detectron2's ``common/train.py`` with the keys the plugin's lazy training adds
+(d2_maskext/engine/lazy_training.py): the checkpoint pickle policy, gradient clipping and the HTML report."""
+
+from detectron2.model_zoo import get_config
+
+train = get_config("common/train.py").train
+# Weights-only checkpoint loading, as CHECKPOINT.ALLOW_UNSAFE_PICKLE: True unpickles arbitrary objects.
+train.checkpointer.allow_unsafe_pickle = False
+# As SOLVER.CLIP_GRADIENTS.
+train.clip_gradients = dict(enabled=False, clip_type="norm", clip_value=1.0, norm_type=2.0)
+# The single-file report of each evaluation (output_dir/report/report.html), as TEST.REPORT.
+train.report = dict(enabled=True, score_threshold=0.5, iou_threshold=0.5, num_worst_images=8)

@@ -1,0 +1,30 @@
+#!/usr/bin/env python
+"""Train or evaluate a model from a LazyConfig Python file, with Detectron2's command line and the plugin's
+training parts (d2_maskext/engine/lazy_training.py).
+
+    python tools/lazyconfig_train_net.py --config-file configs/lazy/synthetic/mask_rcnn_R18_FPN_GN_demo.py
+    python tools/lazyconfig_train_net.py --config-file ... --eval-only train.init_checkpoint=output/x.pth
+    python tools/lazyconfig_train_net.py --config-file ... --num-gpus 2 train.max_iter=1000
+"""
+
+from __future__ import annotations
+
+from detectron2.engine import default_argument_parser, launch
+
+from d2_maskext.engine.lazy_training import lazy_main
+
+
+def cli() -> None:
+    args = default_argument_parser().parse_args()
+    launch(
+        lazy_main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    cli()

@@ -27,6 +27,7 @@ from detectron2.engine import create_ddp_model, default_setup, default_writers, 
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -52,6 +53,7 @@ def setup_lazy_config(args: Namespace) -> DictConfig:
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     default_setup(cfg, args)
+    setup_logger(_select(cfg, "train.output_dir", None), distributed_rank=comm.get_rank(), name="d2_maskext")
     return cfg
 
 

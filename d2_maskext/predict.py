@@ -1,12 +1,16 @@
-"""Run a trained model on an image, a folder of images or a video; write overlays and COCO results.
+"""Run a trained model on images (files, folders, globs) or a video; write overlays and COCO results.
 
 Outputs in ``output_dir``: ``overlays/`` (one PNG per image, or ``<video>.mp4``), ``predictions.json``
 (COCO results with RLE masks, dataset category ids) and ``images.json`` (a COCO file with the images and
 categories the results refer to, so ``COCO("images.json").loadRes("predictions.json")`` works).
+
+Nothing here reads a dataset: class names come with the ``Metadata`` the caller passes, so predicting on a
+folder never needs the training data on disk.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -18,12 +22,13 @@ import cv2
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
-from detectron2.engine import DefaultPredictor
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.modeling import build_model
 from detectron2.utils.visualizer import Visualizer
 from pycocotools.coco import COCO
+from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import SafeCheckpointer
@@ -33,19 +38,32 @@ from .evaluation.coco_metrics import load_coco_json
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+GLOB_CHARACTERS = frozenset("*?[")
 
 
-class BatchPredictor(DefaultPredictor):
-    """Detectron2's ``DefaultPredictor`` (same test-time resize) that also runs a batch, and loads its
-    weights through ``SafeCheckpointer`` so an untrusted file cannot run code."""
+class BatchPredictor:
+    """Detectron2's ``DefaultPredictor`` (same test-time resize and input format) that also runs a batch,
+    for a model built from any config (YAML or lazy)."""
 
-    def __init__(self, cfg: CfgNode):
-        without_weights = cfg.clone()
-        without_weights.defrost()
-        without_weights.MODEL.WEIGHTS = ""
-        super().__init__(without_weights)
-        self.cfg = cfg.clone()
-        SafeCheckpointer.from_config(cfg, self.model).load(cfg.MODEL.WEIGHTS)
+    def __init__(self, model: nn.Module, resize: T.Augmentation, input_format: str = "BGR"):
+        if input_format not in ("BGR", "RGB"):
+            raise ValueError(f"input format must be 'BGR' or 'RGB', got {input_format!r}")
+        self.model = model.eval()
+        self.resize = resize
+        self.input_format = input_format
+
+    @classmethod
+    def from_cfg(cls, cfg: CfgNode) -> BatchPredictor:
+        """The YAML config's model with ``MODEL.WEIGHTS`` loaded through ``SafeCheckpointer``, so an untrusted
+        file cannot run code."""
+        model = build_model(cfg)
+        SafeCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
+        size = cfg.INPUT.MIN_SIZE_TEST
+        return cls(model, T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST), cfg.INPUT.FORMAT)
+
+    def __call__(self, image_bgr: np.ndarray) -> dict:
+        """Model output for one BGR uint8 image, as ``DefaultPredictor``."""
+        return self.predict_batch([image_bgr])[0]
 
     def predict_batch(self, images_bgr: Sequence[np.ndarray]) -> list[dict]:
         """Model outputs for BGR uint8 images, in one forward pass."""
@@ -55,7 +73,7 @@ class BatchPredictor(DefaultPredictor):
     def _model_input(self, image_bgr: np.ndarray) -> dict:
         image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
         height, width = image.shape[:2]
-        resized = self.aug.get_transform(image).apply_image(image)
+        resized = self.resize.get_transform(image).apply_image(image)
         return {
             "image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
             "height": height,
@@ -72,6 +90,14 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class ImageInput:
+    """An image file and its name in the outputs (relative to the folder it was found in)."""
+
+    path: Path
+    name: str
+
+
+@dataclass(frozen=True)
 class PredictSummary:
     num_images: int
     num_skipped: int
@@ -81,15 +107,15 @@ class PredictSummary:
     overlays: Path
 
 
-def _read_images(paths: Sequence[Path], root: Path, skipped: list[str]) -> Iterator[Frame]:
-    for index, path in enumerate(paths):
+def _read_images(inputs: Sequence[ImageInput], skipped: list[str]) -> Iterator[Frame]:
+    for index, item in enumerate(inputs):
         try:
-            image = read_image(path, "BGR")
+            image = read_image(item.path, "BGR")
         except ImageReadError as e:
-            logger.warning("skipping image %d %s: cannot read it (%s)", index, path, e)
-            skipped.append(str(path))
+            logger.warning("skipping image %d %s: cannot read it (%s)", index, item.path, e)
+            skipped.append(str(item.path))
             continue
-        yield Frame(_frame_name(path, root), image)
+        yield Frame(item.name, image)
 
 
 def _read_video(path: Path) -> Iterator[Frame]:
@@ -116,21 +142,22 @@ def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
 class _CategoryIds:
     """Model class index -> dataset category id and class names (from the ground truth if given)."""
 
-    def __init__(self, cfg: CfgNode, gt_categories: list[dict] | None):
-        num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else Metadata()
+    def __init__(self, metadata: Metadata, gt_categories: list[dict] | None):
+        classes = list(metadata.get("thing_classes", []))
+        if not classes:
+            raise ValueError("metadata must name the model's classes (thing_classes, one per class)")
         if gt_categories is not None:
             cats = sorted(gt_categories, key=lambda c: c["id"])
-            if len(cats) != num_classes:
+            if len(cats) != len(classes):
                 raise ValueError(
-                    f"ground truth has {len(cats)} categories, the model predicts {num_classes} classes"
+                    f"ground truth has {len(cats)} categories, the model predicts {len(classes)} classes"
                 )
             self.ids, self.names = [c["id"] for c in cats], [c["name"] for c in cats]
         else:
             mapping = metadata.get("thing_dataset_id_to_contiguous_id")
             reverse = {v: k for k, v in mapping.items()} if mapping else {}
-            self.ids = [reverse.get(i, i) for i in range(num_classes)]
-            self.names = list(metadata.get("thing_classes", [str(i) for i in self.ids]))
+            self.ids = [reverse.get(i, i) for i in range(len(classes))]
+            self.names = classes
         self.metadata = Metadata(thing_classes=self.names)
 
 
@@ -151,29 +178,50 @@ def _image_ids(frame_names: Sequence[str], gt: COCO, gt_json: Path) -> dict[str,
     return ids
 
 
-def _resolve_source(source: Path) -> tuple[list[Path], Path, bool]:
-    """(image paths, folder their names are relative to, is a video)."""
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such image, folder or video")
-    suffix = source.suffix.lower()
-    if source.is_file() and suffix in VIDEO_EXTENSIONS:
-        return [], source.parent, True
-    if source.is_file() and suffix in IMAGE_EXTENSIONS:
-        return [source], source, False
-    if not source.is_dir():
+def _expand(source: str | Path) -> list[ImageInput]:
+    """The images of one ``--input`` item: an image file, a folder (searched recursively) or a glob."""
+    text = str(source)
+    if GLOB_CHARACTERS & set(text):
+        matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+        images = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]
+        if not images:
+            raise ValueError(f"{text}: the pattern matches no image (extensions {sorted(IMAGE_EXTENSIONS)})")
+        return [ImageInput(m, m.name) for m in images]
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such image, folder or video")
+    if path.is_dir():
+        images = [ImageInput(path / relative, Path(relative).as_posix()) for relative in list_images(path)]
+        if not images:
+            raise ValueError(f"{path}: no images with extensions {sorted(IMAGE_EXTENSIONS)}")
+        return images
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise ValueError(
-            f"{source}: unknown file type (images: {sorted(IMAGE_EXTENSIONS)}, videos: {sorted(VIDEO_EXTENSIONS)})"
+            f"{path}: unknown file type (images: {sorted(IMAGE_EXTENSIONS)}, videos: {sorted(VIDEO_EXTENSIONS)})"
         )
-    paths = [source / relative for relative in list_images(source)]
-    if not paths:
-        raise ValueError(f"{source}: no images with extensions {sorted(IMAGE_EXTENSIONS)}")
-    overlay_names = [Path(_frame_name(p, source)).with_suffix(".png") for p in paths]
-    if len(set(overlay_names)) < len(overlay_names):
-        clash = next(n for n in overlay_names if overlay_names.count(n) > 1)
-        raise ValueError(
-            f"{source}: several images share the name stem {clash.with_suffix('')} (overlays would clash)"
-        )
-    return paths, source, False
+    return [ImageInput(path, path.name)]
+
+
+def resolve_images(sources: Sequence[str | Path]) -> list[ImageInput]:
+    """Every image of ``sources`` once, in order; refuses two images whose overlays would share a name."""
+    inputs: dict[Path, ImageInput] = {}
+    for source in sources:
+        for item in _expand(source):
+            inputs.setdefault(item.path.resolve(), item)
+    by_overlay: dict[str, ImageInput] = {}
+    for item in inputs.values():
+        overlay = Path(item.name).with_suffix(".png").as_posix()
+        if overlay in by_overlay:
+            raise ValueError(
+                f"{by_overlay[overlay].path} and {item.path} would both write overlays/{overlay}; "
+                "rename one or predict them separately"
+            )
+        by_overlay[overlay] = item
+    return list(inputs.values())
+
+
+def is_video(source: str | Path) -> bool:
+    return Path(source).suffix.lower() in VIDEO_EXTENSIONS
 
 
 def _video_info(path: Path) -> tuple[int, float]:
@@ -186,37 +234,43 @@ def _video_info(path: Path) -> tuple[int, float]:
 
 
 def predict(
-    cfg: CfgNode,
-    source: str | Path,
+    predictor: BatchPredictor,
+    metadata: Metadata,
+    sources: str | Path | Sequence[str | Path],
     output_dir: str | Path,
     batch_size: int = 4,
     gt_json: str | Path | None = None,
 ) -> PredictSummary:
-    """Predict every image of ``source`` (image file, folder or video) with the model of ``cfg``.
+    """Predict every image of ``sources`` (image files, folders, glob patterns; or one video file).
 
-    With ``gt_json`` (a COCO file), image and category ids follow it, so the results can be evaluated
-    with ``tools/eval_report.py --predictions ... --gt ...``.
+    ``metadata`` names the model's classes (``thing_classes``) and may map them to dataset category ids
+    (``thing_dataset_id_to_contiguous_id``). With ``gt_json`` (a COCO file), image and category ids follow
+    it, so the results can be evaluated with ``tools/eval_report.py --predictions ... --gt ...``.
     """
-    source, output_dir = Path(source), Path(output_dir)
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    output_dir = Path(output_dir)
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    paths, root, is_video = _resolve_source(source)
+    video = Path(sources[0]) if len(sources) == 1 and is_video(sources[0]) else None
+    if video is not None and not video.is_file():
+        raise FileNotFoundError(f"{video}: no such image, folder or video")
+    if video is None and any(is_video(s) for s in sources):
+        raise ValueError(f"a video is predicted on its own, not with other inputs: {[str(s) for s in sources]}")
+    inputs = resolve_images(sources) if video is None else []
     gt = load_coco_json(gt_json) if gt_json is not None else None
-    categories = _CategoryIds(cfg, gt.dataset["categories"] if gt is not None else None)
+    categories = _CategoryIds(metadata, gt.dataset["categories"] if gt is not None else None)
     image_ids = (
-        _image_ids([_frame_name(p, root) for p in paths], gt, Path(gt_json))
-        if gt is not None and not is_video
-        else None
+        _image_ids([item.name for item in inputs], gt, Path(gt_json)) if gt is not None and video is None else None
     )
     overlays = output_dir / "overlays"
     overlays.mkdir(parents=True, exist_ok=True)
-    predictor = BatchPredictor(cfg)
     skipped: list[str] = []
-    frames = _read_video(source) if is_video else _read_images(paths, root, skipped)
-    total, fps = _video_info(source) if is_video else (len(paths), 0.0)
+    frames = _read_video(video) if video is not None else _read_images(inputs, skipped)
+    total, fps = _video_info(video) if video is not None else (len(inputs), 0.0)
+    title = video.name if video is not None else f"{len(inputs)} images"
     video_writer = None
     images, results = [], []
-    with tqdm(total=total, desc=f"predicting {source.name}", unit="img") as progress:
+    with tqdm(total=total, desc=f"predicting {title}", unit="img") as progress:
         for batch in _batches(frames, batch_size):
             for frame, output in zip(batch, predictor.predict_batch([f.image_bgr for f in batch])):
                 instances = output["instances"].to("cpu")
@@ -229,10 +283,8 @@ def predict(
                 overlay_bgr = np.ascontiguousarray(
                     vis.draw_instance_predictions(instances).get_image()[:, :, ::-1]
                 )
-                if is_video:
-                    video_writer = video_writer or _video_writer(
-                        overlays / f"{source.stem}.mp4", fps, width, height
-                    )
+                if video is not None:
+                    video_writer = video_writer or _video_writer(overlays / f"{video.stem}.mp4", fps, width, height)
                     video_writer.write(overlay_bgr)
                 else:
                     target = (overlays / frame.name).with_suffix(".png")
@@ -249,10 +301,6 @@ def predict(
     images_json.write_text(json.dumps({"images": images, "annotations": [], "categories": coco_categories}))
     logger.info("%d images, %d instances -> %s", len(images), len(results), output_dir)
     return PredictSummary(len(images), len(skipped), len(results), predictions_json, images_json, overlays)
-
-
-def _frame_name(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix() if path != root else path.name
 
 
 def _video_writer(path: Path, fps: float, width: int, height: int) -> cv2.VideoWriter:

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Run a trained model on an image, a folder of images or a video; write overlays and COCO results.
+"""Run a trained model on images or a video; write overlays and COCO results. Takes Detectron2's
+``demo/demo.py`` flags, YAML and LazyConfig files, and never loads the config's training datasets.
 
     python tools/predict.py --config-file configs/synthetic/mask_rcnn_R18_FPN_GN_demo.yaml \\
-        --input path/to/images --output output/predict MODEL.WEIGHTS output/demo/model_final.pth
-    python tools/predict.py ... --input clip.mp4 --device cuda --batch-size 8 --score-threshold 0.3
+        --input path/to/images "more/*.jpg" --output output/predict --opts MODEL.WEIGHTS output/demo/model_final.pth
+    python tools/predict.py --config-file configs/lazy/synthetic/mask_rcnn_R18_FPN_GN_demo.py \\
+        --video-input clip.mp4 --confidence-threshold 0.3 --opts train.init_checkpoint=model_final.pth
 
 Writes ``overlays/`` (PNG per image, or an mp4 for a video), ``predictions.json`` (COCO results, RLE
-masks) and ``images.json`` (the images and categories those results refer to).
+masks) and ``images.json`` (the images and categories those results refer to) into ``--output``.
 """
 
 from __future__ import annotations
@@ -16,39 +18,60 @@ from argparse import Namespace
 
 from detectron2.utils.logger import setup_logger
 
-from d2_maskext.engine import setup_cfg
-from d2_maskext.predict import predict
+from d2_maskext.engine.config_loading import is_lazy_config, load_config
+from d2_maskext.predict import BatchPredictor, predict
+
+SCORE_THRESHOLD_KEYS = {False: "MODEL.ROI_HEADS.SCORE_THRESH_TEST", True: "model.roi_heads.box_predictor.test_score_thresh"}
+DEVICE_KEYS = {False: "MODEL.DEVICE", True: "train.device"}
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="YAML or LazyConfig .py file")
+    sources = parser.add_mutually_exclusive_group(required=True)
+    sources.add_argument(
+        "--input", nargs="+", help="image files, folders of images (searched recursively) or glob patterns"
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument(
-        "--input", required=True, help="image file, folder of images (searched recursively) or video"
-    )
+    sources.add_argument("--video-input", metavar="FILE", help="a video file")
     parser.add_argument("--output", default="output/predict", help="output folder")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: MODEL.DEVICE)")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum score of kept instances")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the config's)")
+    parser.add_argument(
+        "--confidence-threshold",
+        "--score-threshold",
+        dest="confidence_threshold",
+        type=float,
+        default=0.5,
+        help="minimum score of kept instances",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    parser.add_argument("--gt-json", default=None, help="COCO file whose image and category ids the results use")
     parser.add_argument(
-        "--gt-json", default=None, help="COCO file whose image and category ids the results use"
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="config overrides: 'KEY VALUE' pairs (YAML) or 'key=value' items (lazy configs)",
     )
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides, e.g. MODEL.WEIGHTS x.pth"
-    )
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, default=[], help="config overrides, as --opts")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    overrides = ["OUTPUT_DIR", args.output, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", args.score_threshold]
+    lazy = is_lazy_config(args.config_file)
+    overrides = [*args.overrides, *args.opts, f"{SCORE_THRESHOLD_KEYS[lazy]}={args.confidence_threshold}"]
     if args.device:
-        overrides += ["MODEL.DEVICE", args.device]
-    cfg = setup_cfg(Namespace(config_file=args.config_file, opts=[*args.opts, *overrides], eval_only=True))
+        overrides.append(f"{DEVICE_KEYS[lazy]}={args.device}")
     setup_logger(name="d2_maskext")
-    summary = predict(cfg, args.input, args.output, batch_size=args.batch_size, gt_json=args.gt_json)
+    config = load_config(args.config_file, overrides)
+    predictor = BatchPredictor(config.build_inference_model(), config.test_resize(), config.input_format)
+    summary = predict(
+        predictor,
+        config.metadata(),
+        [args.video_input] if args.video_input else args.input,
+        args.output,
+        batch_size=args.batch_size,
+        gt_json=args.gt_json,
+    )
     print(f"{summary.num_images} images ({summary.num_skipped} skipped), {summary.num_instances} instances")
     print(f"overlays:    {summary.overlays}")
     print(f"predictions: {summary.predictions_json}")

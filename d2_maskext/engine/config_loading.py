@@ -8,14 +8,19 @@ test dataset's metadata, which is read without loading the images or annotations
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
@@ -24,7 +29,8 @@ from torch import nn
 
 from ..checkpoint import SafeCheckpointer
 from ..config import add_maskext_config
-from ..data import register_declared_datasets, registered_source
+from ..data import prepare_datasets, register_declared_datasets, registered_source
+from ..data.mappers import build_mapper
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +182,22 @@ class LoadedConfig:
 
     def class_names(self) -> list[str]:
         return list(self.metadata().thing_classes)
+
+    def build_train_loader(self) -> Iterable[list[dict]]:
+        """The (endless) training loader with the config's mapper; loads and checks the training datasets."""
+        if self.is_lazy:
+            return instantiate(self.config.dataloader.train)
+        prepare_datasets(self.config)
+        return build_detection_train_loader(self.config, mapper=build_mapper(self.config, is_train=True))
+
+    def build_test_loader(self) -> Iterable[list[dict]]:
+        """The loader of the first test dataset, with the config's test-time mapper."""
+        if self.is_lazy:
+            return instantiate(self.config.dataloader.test)
+        name = self.test_dataset_name
+        if name is None:
+            raise ValueError(f"{self.path}: DATASETS.TEST is empty; name a dataset to run the model on")
+        return build_detection_test_loader(self.config, name, mapper=build_mapper(self.config, is_train=False))
 
     def build_model(self) -> nn.Module:
         """The model on the config's device, in eval mode, with freshly initialised weights."""

@@ -1,6 +1,7 @@
 """The demo (lazy twin of configs/synthetic/mask_rcnn_R18_FPN_GN_demo.yaml): a ResNet-18 Mask R-CNN with
 GroupNorm everywhere, trained from scratch on CPU on the built-in synthetic dataset, with the fused pooler
-and bfloat16 autocast.
+and MaskExtRCNN's fast settings (channels-last, bfloat16; float32 on CPUs without AVX512-BF16/AMX) in
+training and evaluation alike.
 
     python tools/lazyconfig_train_net.py --config-file configs/lazy/synthetic/mask_rcnn_R18_FPN_GN_demo.py
 """
@@ -19,6 +20,8 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 
 from d2_maskext.data.mappers import MaskExtDatasetMapper
+from d2_maskext.modeling import MaskExtRCNN
+from d2_maskext.modeling.precision import parse_precision
 
 from ..common.evaluation import evaluator as _evaluator
 from ..mask_rcnn_R_50_FPN_1x import model, optimizer, train
@@ -50,6 +53,9 @@ _roi_heads.mask_head.input_shape = ShapeSpec(channels=WIDTH, height=14, width=14
 _roi_heads.mask_head.conv_dims = [128, 128, 128, 128, 128]
 _roi_heads.mask_head.conv_norm = "GN"
 model.pixel_std = [57.375, 57.120, 58.395]  # trained from scratch: ImageNet's std, not absorbed in conv1
+model._target_ = MaskExtRCNN
+model.channels_last = True
+model.precision = L(parse_precision)(name="bfloat16")
 
 dataloader = OmegaConf.create()
 dataloader.train = L(build_detection_train_loader)(
@@ -90,7 +96,6 @@ optimizer.lr = 0.02
 train.init_checkpoint = ""
 train.device = "cpu"
 train.max_iter = MAX_ITER
-train.amp.enabled = True  # bfloat16 autocast on CPU; evaluation runs in float32
 train.checkpointer.period = 200
 train.clip_gradients = dict(enabled=True, clip_type="norm", clip_value=5.0, norm_type=2.0)
 train.eval_period = 0  # evaluate once, at the end

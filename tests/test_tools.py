@@ -9,10 +9,11 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
+from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 from lazy_tiny import TINY_DEMO_OVERRIDES, TINY_LAZY_CONFIG
 from torch import nn
-from train_net_runner import REPO, TINY_CONFIG
+from train_net_runner import REPO, TINY_CONFIG, tiny_cfg
 
 from d2_maskext.engine.model_analysis import FlopCountAnalysis
 from d2_maskext.layers import FusedROIPooler
@@ -105,3 +106,19 @@ def test_tools_name_a_config_they_cannot_read(tmp_path):
         _tool("benchmark").main(["--config-file", str(bad), "--task", "data"])
     with pytest.raises(FileNotFoundError, match="no such config file"):
         _tool("analyze_model").main(["--config-file", str(Path(tmp_path, "missing.yaml")), "--tasks", "structure"])
+
+
+def test_eval_report_of_a_model_reads_no_training_data(tmp_path, capsys):
+    weights = tmp_path / "random.pth"
+    torch.manual_seed(0)
+    torch.save({"model": build_model(tiny_cfg(tmp_path)).state_dict()}, weights)
+    missing = tmp_path / "missing"
+    declared = f"[{{'name': 'absent_train', 'format': 'coco', 'image_root': '{missing}', 'annotations': '{missing}.json'}}]"
+    out = tmp_path / "report"
+
+    _tool("eval_report").main(
+        ["--config-file", str(TINY_CONFIG), "--output-dir", str(out), "MODEL.WEIGHTS", str(weights),
+         "DATASETS.REGISTER", declared, "DATASETS.TRAIN", '("absent_train",)', "DATASETS.TEST", f'("{VAL}",)']
+    )  # fmt: skip
+
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out

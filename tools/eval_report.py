@@ -20,8 +20,7 @@ from dataclasses import replace
 
 from detectron2.utils.logger import setup_logger
 
-from d2_maskext.checkpoint import SafeCheckpointer
-from d2_maskext.engine import Trainer, setup_cfg
+from d2_maskext.engine.config_loading import is_lazy_config, load_config
 from d2_maskext.evaluation import ReportOptions, write_report, write_report_from_files
 
 
@@ -74,17 +73,17 @@ def main(argv: list[str] | None = None) -> None:
             args.predictions, args.gt, args.output_dir, args.image_root, _options(ReportOptions(), args)
         )
     else:
-        cfg = setup_cfg(
-            Namespace(
-                config_file=args.config_file, opts=[*args.opts, "OUTPUT_DIR", args.output_dir], eval_only=True
+        if is_lazy_config(args.config_file):
+            raise ValueError(
+                f"{args.config_file}: for a lazy config, run tools/lazyconfig_train_net.py --eval-only, which writes "
+                "this report (train.report)"
             )
-        )
-        dataset = args.dataset or cfg.DATASETS.TEST[0]
-        if args.predictions:
-            source = args.predictions
-        else:
-            source = Trainer.build_model(cfg)
-            SafeCheckpointer.from_config(cfg, source).load(cfg.MODEL.WEIGHTS)
+        config = load_config(args.config_file, [*args.opts, "OUTPUT_DIR", args.output_dir])  # no training data read
+        cfg = config.config
+        dataset = args.dataset or config.test_dataset_name
+        if dataset is None:
+            raise ValueError(f"{args.config_file}: DATASETS.TEST is empty; name the dataset with --dataset")
+        source = args.predictions or config.build_inference_model()
         report = write_report(
             cfg, source, dataset, args.output_dir, _options(ReportOptions.from_cfg(cfg), args)
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +58,41 @@ def test_repository_paths_in_readme_commands_exist():
     paths = set(re.findall(r"\b((?:tools|configs|benchmarks)/[\w./-]+\.(?:py|sh|yaml))\b", text))
     assert paths, "the README names no repository paths"
     assert sorted(p for p in paths if not (REPO / p).exists()) == []
+
+
+def _readme_tool_commands() -> list[list[str]]:
+    """Each ``.venv/bin/python tools/...`` command of the README's bash blocks, as an argument list."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            argv = shlex.split(line, comments=True)
+            if argv[:1] == [".venv/bin/python"] and argv[1].startswith("tools/"):
+                commands.append(argv[1:])
+    return commands
+
+
+def _tool_module(path: str):
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_tool_commands_parse_and_their_configs_load():
+    """Every README tool command, dry-run: the tool's own parser accepts its flags, and its config loads
+    with its overrides. (The tools themselves run with tiny settings in test_tools, test_predict,
+    test_lazy_configs and the train_net tests.)"""
+    from detectron2.engine import default_argument_parser
+
+    from d2_maskext.engine.config_loading import load_config
+
+    commands = _readme_tool_commands()
+    assert {c[0] for c in commands} >= {"tools/train_net.py", "tools/lazyconfig_train_net.py", "tools/predict.py"}
+    for tool, *args in commands:
+        if tool in ("tools/train_net.py", "tools/lazyconfig_train_net.py"):
+            parsed = default_argument_parser().parse_args(args)
+            overrides = parsed.opts
+        else:
+            parsed = _tool_module(tool).parse_args(args)
+            overrides = [*getattr(parsed, "opts", []), *getattr(parsed, "overrides", [])]
+        load_config(REPO / parsed.config_file, overrides)

@@ -16,7 +16,7 @@ from train_net_runner import tail
 
 import d2_maskext  # noqa: F401  (registers the plugin components and the synthetic datasets)
 from d2_maskext.config import add_maskext_config
-from d2_maskext.engine.lazy_training import build_lazy_model, lazy_checkpointer, lazy_train
+from d2_maskext.engine.lazy_training import build_lazy_model, lazy_checkpointer, lazy_evaluate, lazy_train
 
 CONFIGS = REPO / "configs"
 
@@ -102,3 +102,16 @@ def test_lazyconfig_train_net_trains_two_iterations_and_evaluates(tmp_path):
     out = tmp_path / "out"
     assert (out / "model_final.pth").is_file()
     assert (out / "report" / "report.html").is_file()
+
+
+def test_eval_only_loads_the_checkpoint_evaluates_and_writes_the_report(tmp_path):
+    cfg = load_tiny_lazy(TINY_LAZY_CONFIG, tmp_path)
+    torch.manual_seed(0)
+    lazy_checkpointer(cfg, build_lazy_model(cfg)).save("random_init")
+    cfg.train.init_checkpoint = str(tmp_path / "random_init.pth")
+    cfg.train.report.enabled = True
+
+    results = lazy_evaluate(cfg, resume=False)
+
+    assert {"bbox", "segm", "boundary"} <= set(results)
+    assert (tmp_path / "report" / "report.html").is_file()

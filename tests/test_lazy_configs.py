@@ -36,6 +36,10 @@ TWINS = {
         )
     },
     "synthetic/mask_rcnn_R18_FPN_GN_demo.py": ("synthetic/mask_rcnn_R18_FPN_GN_demo.yaml", ()),
+    **{
+        f"finetune/{name}.py": (f"finetune/{name}.yaml", ())
+        for name in ("mask_rcnn_R_50_FPN", "boundary_mask_head", "mask_scoring")
+    },
 }
 
 

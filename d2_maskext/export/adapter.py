@@ -1,0 +1,207 @@
+"""A Detectron2 Mask R-CNN as a function of one image tensor to four tensors, in a form every exporter takes.
+
+``GeneralizedRCNN.inference`` takes and returns Python objects (dicts, ``Instances``) and branches on data
+(``if not valid_mask.all()``, ``keep.sum().item()``, the box count of ``batched_nms``), which
+``torch.export`` cannot turn into a graph. :class:`MaskRCNNExportAdapter` runs the model's own modules
+(backbone, RPN head, anchors, box and mask heads, poolers) and replaces only the glue between them with
+branch-free tensor code that gives the same detections: non-finite and empty boxes are dropped by masks
+whatever their count, NMS runs per class by the coordinate offset trick, and padding is computed from the
+symbolic image size.
+
+``Instances`` needs ``len()``, a Python int, which a data-dependent count (after NMS) cannot give inside
+``torch.export``; so proposals are padded to ``POST_NMS_TOPK_TEST`` rows and detections to
+``DETECTIONS_PER_IMAGE`` rows, with a validity mask. The padded rows go through the heads like real ones
+(each row is computed on its own) and are dropped at the end.
+"""
+
+from __future__ import annotations
+
+import torch
+from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling.proposal_generator import RPN
+from detectron2.modeling.roi_heads import StandardROIHeads
+from detectron2.structures import Boxes, ImageList, Instances
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import nms
+
+__all__ = ["OUTPUT_NAMES", "MaskRCNNExportAdapter", "UnsupportedModelError", "check_exportable"]
+
+OUTPUT_NAMES = ("boxes", "scores", "classes", "masks")
+
+
+class UnsupportedModelError(ValueError):
+    """The model has a component whose inference the export adapter does not reproduce."""
+
+
+def check_exportable(model: nn.Module) -> None:
+    """Raises :class:`UnsupportedModelError` naming the component the adapter cannot export exactly."""
+    if not isinstance(model, GeneralizedRCNN):
+        raise UnsupportedModelError(
+            f"export supports GeneralizedRCNN-based meta architectures, got {type(model).__name__}"
+        )
+    rpn = model.proposal_generator
+    if type(rpn) is not RPN:
+        raise UnsupportedModelError(f"export supports the stock RPN proposal generator, got {type(rpn).__name__}")
+    heads = model.roi_heads
+    if not isinstance(heads, StandardROIHeads):
+        raise UnsupportedModelError(
+            f"export supports StandardROIHeads and its subclasses, got {type(heads).__name__}"
+        )
+    for method in ("forward", "_forward_box"):
+        if getattr(type(heads), method) is not getattr(StandardROIHeads, method):
+            raise UnsupportedModelError(
+                f"export reproduces StandardROIHeads' box stage; {type(heads).__name__}.{method} replaces it"
+            )
+    if not heads.mask_on:
+        raise UnsupportedModelError("export needs a mask head: set MODEL.MASK_ON True")
+    if heads.keypoint_on:
+        raise UnsupportedModelError("export does not support keypoint heads: set MODEL.KEYPOINT_ON False")
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """NMS within each group, indices sorted by decreasing score; no branch on the (possibly zero) box count.
+
+    Groups are separated by shifting each group's boxes beyond the others, as torchvision does for small
+    inputs; the shift is taken over the boxes and a zero so that it is defined for no boxes too.
+    """
+    boxes = boxes.float()
+    extent = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max() + 1
+    shifted = boxes + (groups.to(boxes) * extent)[:, None]
+    return nms(shifted, scores, iou_threshold)
+
+
+def _pad_index(index: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """``index`` padded with -1 (or cut) to ``length`` entries, and the mask of real entries.
+
+    Indexing a tensor with one extra row appended (see :func:`_with_spare_row`) by the padded index gives
+    a fixed number of rows, whatever ``index``'s data-dependent length.
+    """
+    padded = torch.cat([index, index.new_full((length,), -1)])[:length]
+    return padded, padded >= 0
+
+
+def _with_spare_row(values: Tensor) -> Tensor:
+    """``values`` with one zero row appended, the row a -1 index of :func:`_pad_index` reads."""
+    return torch.cat([values, values.new_zeros((1, *values.shape[1:]))])
+
+
+def _clip(boxes: Tensor, height: int, width: int) -> Tensor:
+    x1, y1, x2, y2 = boxes.unbind(dim=-1)
+    return torch.stack(
+        [x1.clamp(0, width), y1.clamp(0, height), x2.clamp(0, width), y2.clamp(0, height)], dim=-1
+    )
+
+
+def _level_top_k(count, k: int):
+    """``min(count, k)`` for a plain, symbolic (export) or traced (a tensor) count."""
+    if isinstance(count, Tensor):
+        return torch.clamp(count, max=k)
+    return torch.sym_min(count, k)
+
+
+class MaskRCNNExportAdapter(nn.Module):
+    """``forward(image)`` → ``(boxes, scores, classes, masks)`` for one float32 ``[3, H, W]`` BGR 0–255 image.
+
+    ``boxes`` ``[N, 4]`` (x1, y1, x2, y2 in input pixels), ``scores`` ``[N]``, ``classes`` ``[N]`` int64,
+    ``masks`` ``[N, 1, M, M]`` probabilities before pasting — the fields of ``model.inference(...,
+    do_postprocess=False)``. The network runs in float32 whatever the model's compute settings.
+    """
+
+    def __init__(self, model: GeneralizedRCNN):
+        super().__init__()
+        check_exportable(model)
+        self.model = model
+        self.eval()
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        model = self.model
+        images = self._preprocess(image)
+        features = model.backbone(images.tensor)
+        height, width = images.image_sizes[0]
+        proposals, real_proposals = self._proposals(features, height, width)
+        detections, real = self._detections(features, proposals, real_proposals, height, width)
+        detections = model.roi_heads.forward_with_given_boxes(features, [detections])[0]
+        return (
+            detections.pred_boxes.tensor[real],
+            detections.scores[real],
+            detections.pred_classes[real],
+            detections.pred_masks[real],
+        )
+
+    def _preprocess(self, image: Tensor) -> ImageList:
+        model = self.model
+        normalized = (image - model.pixel_mean) / model.pixel_std
+        divisibility = model.backbone.size_divisibility
+        if torch.jit.is_tracing():  # Detectron2's padding records the sizes as traced values
+            return ImageList.from_tensors(
+                [normalized], divisibility, padding_constraints=model.backbone.padding_constraints
+            )
+        height, width = image.shape[-2:]
+        if divisibility > 1:
+            # Written as a multiple of the divisibility, so that the exporter can prove the FPN levels' sizes.
+            padded_height = (height + divisibility - 1) // divisibility * divisibility
+            padded_width = (width + divisibility - 1) // divisibility * divisibility
+            normalized = F.pad(normalized, (0, padded_width - width, 0, padded_height - height))
+        return ImageList(normalized[None], [(height, width)])
+
+    def _proposals(self, features: dict[str, Tensor], height: int, width: int) -> tuple[Instances, Tensor]:
+        """RPN proposals of the single image, as ``RPN.forward`` + ``find_top_rpn_proposals`` at inference,
+        padded to ``POST_NMS_TOPK_TEST``, and the mask of the real ones."""
+        rpn: RPN = self.model.proposal_generator
+        level_features = [features[name] for name in rpn.in_features]
+        anchors = rpn.anchor_generator(level_features)
+        logits, deltas = rpn.rpn_head(level_features)
+        box_dim = rpn.anchor_generator.box_dim
+        pre_nms_topk = rpn.pre_nms_topk[False]
+        boxes_per_level, scores_per_level, levels_per_level = [], [], []
+        for level, (anchors_l, logits_l, deltas_l) in enumerate(zip(anchors, logits, deltas)):
+            scores_l = logits_l[0].permute(1, 2, 0).flatten()  # (Hi * Wi * A), anchor-major as the anchors
+            deltas_l = deltas_l[0].view(-1, box_dim, *deltas_l.shape[-2:]).permute(2, 3, 0, 1).reshape(-1, box_dim)
+            top_scores, top_index = scores_l.topk(_level_top_k(scores_l.shape[0], pre_nms_topk))
+            decoded = rpn.box2box_transform.apply_deltas(deltas_l[top_index], anchors_l.tensor[top_index])
+            boxes_per_level.append(decoded)
+            scores_per_level.append(top_scores)
+            levels_per_level.append(torch.full_like(top_index, level))
+        boxes = torch.cat(boxes_per_level)
+        scores = torch.cat(scores_per_level)
+        levels = torch.cat(levels_per_level)
+        finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+        boxes = _clip(boxes, height, width)
+        sides = boxes[:, 2:] - boxes[:, :2]
+        keep = finite & (sides > rpn.min_box_size).all(dim=1)
+        boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+        keep, real = _pad_index(batched_nms(boxes, scores, levels, rpn.nms_thresh), rpn.post_nms_topk[False])
+        proposals = Instances((height, width))
+        proposals.proposal_boxes = Boxes(_with_spare_row(boxes)[keep])
+        proposals.objectness_logits = _with_spare_row(scores)[keep]
+        return proposals, real
+
+    def _detections(
+        self, features: dict[str, Tensor], proposals: Instances, real_proposals: Tensor, height: int, width: int
+    ) -> tuple[Instances, Tensor]:
+        """Scored, class-wise NMS'd boxes, as ``StandardROIHeads._forward_box`` + ``fast_rcnn_inference``,
+        padded to ``DETECTIONS_PER_IMAGE``, and the mask of the real ones."""
+        heads: StandardROIHeads = self.model.roi_heads
+        predictor = heads.box_predictor
+        box_features = heads.box_pooler([features[f] for f in heads.box_in_features], [proposals.proposal_boxes])
+        predictions = predictor(heads.box_head(box_features))
+        boxes = predictor.predict_boxes(predictions, [proposals])[0]
+        scores = predictor.predict_probs(predictions, [proposals])[0]
+        usable = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1) & real_proposals
+        scores = scores[:, :-1]
+        boxes = _clip(boxes.reshape(boxes.shape[0], -1, 4), height, width)
+        candidates = (scores > predictor.test_score_thresh) & usable[:, None]
+        index = candidates.nonzero()
+        boxes = boxes[index[:, 0], 0] if boxes.shape[1] == 1 else boxes[candidates]
+        scores = scores[candidates]
+        classes = index[:, 1]
+        limit = predictor.test_topk_per_image
+        if limit < 0:
+            limit = candidates.numel()
+        keep, real = _pad_index(batched_nms(boxes, scores, classes, predictor.test_nms_thresh), limit)
+        detections = Instances((height, width))
+        detections.pred_boxes = Boxes(_with_spare_row(boxes)[keep])
+        detections.scores = _with_spare_row(scores)[keep]
+        detections.pred_classes = _with_spare_row(classes)[keep]
+        return detections, real

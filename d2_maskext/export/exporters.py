@@ -1,0 +1,191 @@
+"""Writes a Mask R-CNN in one deployment format, with a JSON that says how to feed it and read its outputs.
+
+Formats: ``torchscript`` (tracing or scripting), ``exported_program`` (``torch.export``, dynamic height and
+width, ``.pt2``), ``aoti`` (an AOTInductor package of that program) and ``onnx`` (the dynamo-based
+exporter, ``d2_maskext::roi_align`` translated to standard operators).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from detectron2.layers import ROIAlign
+from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling.poolers import ROIPooler
+from torch import Tensor, nn
+from torchvision.ops import RoIPool
+
+from ..utils import atomic_open
+from .adapter import OUTPUT_NAMES, MaskRCNNExportAdapter, UnsupportedModelError
+
+__all__ = ["EXPORT_METHODS", "FORMATS", "ExportRequest", "InputRules", "check_onnx_translatable", "export_model"]
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("torchscript", "exported_program", "aoti", "onnx")
+EXPORT_METHODS = ("tracing", "scripting")
+FILE_NAMES = {
+    "torchscript": "model.ts",
+    "exported_program": "model.pt2",
+    "aoti": "model.aoti.pt2",
+    "onnx": "model.onnx",
+}
+MAX_SIDE = 4096
+CUSTOM_OP = "d2_maskext::roi_align"
+# Poolers whose level poolers have an ONNX translation (torchvision's ops in onnxscript, the plugin's here).
+ONNX_LEVEL_POOLERS = (ROIAlign, RoIPool)
+
+
+@dataclass
+class InputRules:
+    """How images become model inputs: Detectron2's test-time resize, and the sizes the graph accepts."""
+
+    min_size_test: int
+    max_size_test: int
+    size_divisibility: int
+    min_side: int
+    max_side: int = MAX_SIDE
+
+    @classmethod
+    def of(cls, model: GeneralizedRCNN, min_size_test: int, max_size_test: int) -> InputRules:
+        # Each side must give the coarsest feature level two cells: a size of one is specialized by torch.export.
+        coarsest = max(shape.stride for shape in model.backbone.output_shape().values())
+        return cls(min_size_test, max_size_test, model.backbone.size_divisibility, coarsest + 1)
+
+
+@dataclass
+class ExportRequest:
+    """What ``export_model`` writes: ``fmt`` with ``method`` into ``output_dir``."""
+
+    fmt: str
+    output_dir: Path
+    method: str = "tracing"
+    class_names: list[str] = field(default_factory=list)
+
+
+def check_onnx_translatable(model: nn.Module) -> None:
+    """Raises :class:`UnsupportedModelError` for a pooler whose RoI operator has no ONNX translation."""
+    for name, module in model.named_modules():
+        if not isinstance(module, ROIPooler):
+            continue
+        for level_pooler in module.level_poolers:
+            if not isinstance(level_pooler, ONNX_LEVEL_POOLERS):
+                raise UnsupportedModelError(
+                    f"{name}: {type(level_pooler).__name__} pooling has no ONNX translation; use POOLER_TYPE "
+                    "ROIAlign, ROIAlignV2 or ROIPool, or another --format"
+                )
+
+
+def _dynamic_image_shape(rules: InputRules) -> dict[str, dict[int, torch.export.Dim]]:
+    height = torch.export.Dim("height", min=rules.min_side, max=rules.max_side)
+    width = torch.export.Dim("width", min=rules.min_side, max=rules.max_side)
+    return {"image": {1: height, 2: width}}
+
+
+def _export_program(adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules) -> torch.export.ExportedProgram:
+    with torch.no_grad():
+        return torch.export.export(adapter, (image,), dynamic_shapes=_dynamic_image_shape(rules))
+
+
+def _program_custom_ops(program: torch.export.ExportedProgram) -> list[str]:
+    targets = {
+        node.target.name().split(".")[0]
+        for node in program.graph.nodes
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+    }
+    return sorted(t for t in targets if t.startswith("d2_maskext::"))
+
+
+def _torchscript(model: GeneralizedRCNN, adapter: MaskRCNNExportAdapter, image: Tensor, method: str, path: Path):
+    if method == "scripting":
+        from .scripting import script_model
+
+        module = script_model(model)
+    else:
+        with torch.no_grad():
+            module = torch.jit.trace(adapter, (image,), check_trace=False)
+    torch.jit.save(module, str(path))
+    return [CUSTOM_OP] if CUSTOM_OP in str(module.inlined_graph) else []
+
+
+def _onnx(adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules, path: Path) -> list[str]:
+    check_onnx_translatable(adapter.model)
+    from .onnx_translation import ONNX_OPSET, roi_align_translations  # needs the optional onnxscript
+
+    with torch.no_grad():
+        program = torch.onnx.export(
+            adapter,
+            (image,),
+            dynamo=True,
+            opset_version=ONNX_OPSET,
+            custom_translation_table=roi_align_translations(),
+            dynamic_shapes=_dynamic_image_shape(rules),
+            input_names=["image"],
+            output_names=list(OUTPUT_NAMES),
+        )
+    program.save(str(path))
+    return []
+
+
+def _metadata(request: ExportRequest, rules: InputRules, file_name: str, custom_ops: list[str]) -> dict:
+    return {
+        "format": request.fmt,
+        "export_method": request.method if request.fmt == "torchscript" else None,
+        "model_file": file_name,
+        "input": {
+            "name": "image",
+            "dtype": "float32",
+            "shape": [3, "H", "W"],
+            "channels": "BGR",
+            "value_range": [0, 255],
+            **rules.__dict__,
+        },
+        "outputs": [
+            {"name": "boxes", "dtype": "float32", "shape": ["N", 4], "meaning": "x1, y1, x2, y2 in input pixels"},
+            {"name": "scores", "dtype": "float32", "shape": ["N"]},
+            {"name": "classes", "dtype": "int64", "shape": ["N"], "meaning": "index into class_names"},
+            {"name": "masks", "dtype": "float32", "shape": ["N", 1, "M", "M"], "meaning": "probabilities before pasting"},
+        ],
+        "class_names": list(request.class_names),
+        "custom_ops": custom_ops,
+        "mask_threshold": 0.5,
+    }
+
+
+def export_model(model: GeneralizedRCNN, image: Tensor, rules: InputRules, request: ExportRequest) -> Path:
+    """Writes ``model`` (eval mode, float32) as ``request.fmt`` into ``request.output_dir`` with its JSON;
+    ``image`` is a sample model input (float32 ``[3, H, W]``, BGR 0–255). Returns the model file."""
+    if request.fmt not in FORMATS:
+        raise ValueError(f"unknown export format {request.fmt!r}; choose one of {FORMATS}")
+    if request.method not in EXPORT_METHODS:
+        raise ValueError(f"unknown export method {request.method!r}; choose one of {EXPORT_METHODS}")
+    if request.method == "scripting" and request.fmt != "torchscript":
+        raise ValueError(f"--export-method scripting makes TorchScript; --format {request.fmt} takes tracing")
+    if min(image.shape[1:]) < rules.min_side or max(image.shape[1:]) > rules.max_side:
+        raise ValueError(
+            f"sample image size {list(image.shape[1:])} is outside [{rules.min_side}, {rules.max_side}] per side"
+        )
+    adapter = MaskRCNNExportAdapter(model)
+    request.output_dir.mkdir(parents=True, exist_ok=True)
+    path = request.output_dir / FILE_NAMES[request.fmt]
+    if request.fmt == "torchscript":
+        custom_ops = _torchscript(model, adapter, image, request.method, path)
+    elif request.fmt == "onnx":
+        custom_ops = _onnx(adapter, image, rules, path)
+    else:
+        program = _export_program(adapter, image, rules)
+        custom_ops = _program_custom_ops(program)
+        if request.fmt == "exported_program":
+            torch.export.save(program, str(path))
+        else:
+            path.unlink(missing_ok=True)
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    metadata = _metadata(request, rules, path.name, custom_ops)
+    with atomic_open(path.with_suffix(".json"), "w") as f:
+        json.dump(metadata, f, indent=2)
+    logger.info("exported %s to %s", request.fmt, path)
+    return path

@@ -1,0 +1,247 @@
+"""Export of the tiny Mask R-CNN to every deployment format, and the runtime that runs the exports.
+
+Each format must give the detections of ``model.inference(..., do_postprocess=False)`` on image sizes other
+than the one it was exported with; ONNX must run in onnxruntime with the plugin's op translated to standard
+operators; the runtime must load exports without Detectron2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.structures import Boxes
+from detectron2.utils.testing import random_boxes
+from PIL import Image
+from torch import Tensor, nn
+from train_net_runner import REPO, TINY_CONFIG, tiny_cfg
+
+from d2_maskext.export import ExportedMaskRCNN, MaskRCNNExportAdapter, UnsupportedModelError
+from d2_maskext.layers import HAS_C_EXT, FusedROIPooler
+
+sys.path.insert(0, str(REPO / "tools"))
+import export_model as export_tool  # noqa: E402
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="the optional 'export' extra is not installed")
+
+# Random weights with no score threshold give the tiny model its 10 detections on any image.
+TINY_OPTS = ("MODEL.MASKEXT.POOLER", "fused", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+# The export runs at 128 x 128 (the tiny test size); these are checked too.
+OTHER_SIZES = [(96, 160), (200, 136), (128, 128)]
+FPN_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+
+
+def _tiny_model(*opts: str) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(tiny_cfg(Path("unused"), *TINY_OPTS, *opts)).eval()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save({"model": _tiny_model().state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(weights: Path) -> nn.Module:
+    model = _tiny_model()
+    model.load_state_dict(torch.load(weights)["model"])
+    return model
+
+
+def run_export_tool(weights: Path, output: Path, fmt: str, *flags: str, opts: tuple[str, ...] = ()) -> Path:
+    return export_tool.main(
+        ["--config-file", str(TINY_CONFIG), "--format", fmt, "--output", str(output), *flags,
+         "MODEL.WEIGHTS", str(weights), *TINY_OPTS, *opts]
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def exports(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The fast formats, exported once for the module."""
+    root = tmp_path_factory.mktemp("exports")
+    return {fmt: run_export_tool(weights, root / fmt, fmt) for fmt in ("exported_program", "torchscript", "onnx")}
+
+
+def reference(model: nn.Module, image: Tensor) -> tuple[Tensor, ...]:
+    with torch.no_grad():
+        instances = model.inference([{"image": image}], do_postprocess=False)[0]
+    return instances.pred_boxes.tensor, instances.scores, instances.pred_classes, instances.pred_masks
+
+
+def assert_same_detections(got: tuple[Tensor, ...], want: tuple[Tensor, ...]) -> None:
+    assert len(want[0]) > 0
+    boxes, scores, classes, masks = got
+    torch.testing.assert_close(boxes, want[0], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(scores, want[1], rtol=1e-4, atol=1e-5)
+    assert torch.equal(classes.long(), want[2])
+    torch.testing.assert_close(masks, want[3], rtol=1e-4, atol=1e-4)
+
+
+def random_image(height: int, width: int) -> Tensor:
+    return torch.rand(3, height, width, generator=torch.Generator().manual_seed(height * width)) * 255
+
+
+# ------------------------------------------------------------------------------------------ adapter
+def test_adapter_gives_the_model_detections(model: nn.Module):
+    adapter = MaskRCNNExportAdapter(model)
+    for size in OTHER_SIZES:
+        image = random_image(*size)
+        with torch.no_grad():
+            assert_same_detections(adapter(image), reference(model, image))
+
+
+# ------------------------------------------------------------------------------------------ formats
+@pytest.mark.parametrize("fmt", ["exported_program", "torchscript", "onnx"])
+def test_export_matches_pytorch_on_other_sizes(fmt: str, exports: dict[str, Path], model: nn.Module):
+    exported = ExportedMaskRCNN(exports[fmt])
+    metadata = json.loads(exports[fmt].with_suffix(".json").read_text())
+    assert metadata["format"] == fmt
+    assert [o["name"] for o in metadata["outputs"]] == ["boxes", "scores", "classes", "masks"]
+    assert len(metadata["class_names"]) == 5
+    for size in OTHER_SIZES:
+        image = random_image(*size)
+        assert_same_detections(exported(image), reference(model, image))
+
+
+def test_onnx_file_uses_standard_operators_only(exports: dict[str, Path]):
+    import onnx
+
+    graph = onnx.load(str(exports["onnx"])).graph
+    assert {"RoiAlign", "ScatterND", "NonMaxSuppression"} <= {node.op_type for node in graph.node}
+    assert {node.domain for node in graph.node} <= {"", "ai.onnx"}
+    session = onnxruntime.InferenceSession(str(exports["onnx"]), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"image": random_image(150, 110).numpy()})
+    assert [o.shape[0] for o in outputs] == [len(outputs[0])] * 4
+
+
+@pytest.mark.slow
+def test_aoti_package_matches_pytorch(weights: Path, model: nn.Module, tmp_path: Path):
+    path = run_export_tool(weights, tmp_path, "aoti")
+    exported = ExportedMaskRCNN(path)
+    for size in OTHER_SIZES[:2]:
+        image = random_image(*size)
+        assert_same_detections(exported(image), reference(model, image))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_C_EXT, reason="scripting calls the compiled d2_maskext::roi_align op")
+def test_scripted_torchscript_matches_pytorch(weights: Path, model: nn.Module, tmp_path: Path):
+    path = run_export_tool(weights, tmp_path, "torchscript", "--export-method", "scripting")
+    assert json.loads(path.with_suffix(".json").read_text())["export_method"] == "scripting"
+    exported = ExportedMaskRCNN(path)
+    for size in OTHER_SIZES[:2]:
+        image = random_image(*size)
+        assert_same_detections(exported(image), reference(model, image))
+
+
+# ------------------------------------------------------------------------------------------ runtime
+def test_runtime_pastes_like_detectron2(exports: dict[str, Path], model: nn.Module, tmp_path: Path):
+    """Full-image results from a file: resized as at test time, boxes scaled back, masks pasted."""
+    bgr = (np.random.default_rng(0).random((150, 230, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "image.png"
+    Image.fromarray(bgr[:, :, ::-1].copy()).save(path)
+    prediction = ExportedMaskRCNN(exports["onnx"]).predict_file(path)
+    resized = T.ResizeShortestEdge(128, 128).get_transform(bgr).apply_image(bgr)  # the tiny config's test size
+    image = torch.from_numpy(resized.transpose(2, 0, 1).copy()).float()
+    with torch.no_grad():
+        want = model([{"image": image, "height": 150, "width": 230}])[0]["instances"]
+    assert prediction.masks.shape == (len(want), 150, 230)
+    torch.testing.assert_close(prediction.boxes, want.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
+    assert torch.equal(prediction.classes, want.pred_classes)
+    mismatch = (prediction.masks != want.pred_masks).float().mean()
+    assert mismatch < 1e-3
+
+
+@pytest.mark.parametrize("fmt", ["exported_program", "onnx"])
+def test_runtime_needs_no_detectron2(fmt: str, exports: dict[str, Path], tmp_path: Path):
+    """A fresh process loads the runtime by path and runs the export with torch (and the op) only."""
+    image = tmp_path / "image.png"
+    Image.fromarray((np.random.default_rng(1).random((120, 170, 3)) * 255).astype(np.uint8)).save(image)
+    script = f"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("runtime", {str(REPO / "d2_maskext" / "export" / "runtime.py")!r})
+runtime = sys.modules["runtime"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(runtime)
+prediction = runtime.ExportedMaskRCNN({str(exports[fmt])!r}).predict_file({str(image)!r})
+modules = [name for name in ("detectron2", "d2_maskext") if name in sys.modules]
+print(json.dumps({{"masks": list(prediction.masks.shape), "dtype": str(prediction.masks.dtype), "modules": modules}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"masks": [10, 120, 170], "dtype": "torch.bool", "modules": []}
+
+
+# ------------------------------------------------------------------------------------- ONNX pooler
+class _PoolFPN(nn.Module):
+    """A pooler as a function of tensors, the form the ONNX exporter takes."""
+
+    def __init__(self, pooler: nn.Module):
+        super().__init__()
+        self.pooler = pooler
+
+    def forward(self, p2: Tensor, p3: Tensor, p4: Tensor, p5: Tensor, boxes: Tensor) -> Tensor:
+        return self.pooler([p2, p3, p4, p5], [Boxes(boxes)])
+
+
+@pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign"])
+def test_fused_pooler_onnx_equals_roi_pooler(pooler_type: str, tmp_path: Path):
+    """The fused pooler's ONNX graph in onnxruntime gives Detectron2's ROIPooler output on random FPN maps."""
+    from d2_maskext.export.onnx_translation import ONNX_OPSET, roi_align_translations
+
+    torch.manual_seed(0)
+    kwargs = {"output_size": 7, "scales": FPN_SCALES, "sampling_ratio": 0, "pooler_type": pooler_type}
+    features = [torch.randn(1, 8, 256 // s, 192 // s) for s in (4, 8, 16, 32)]
+    boxes = random_boxes(30, 250)
+    num_boxes = torch.export.Dim("num_boxes", min=2)
+    program = torch.onnx.export(
+        _PoolFPN(FusedROIPooler(**kwargs)), (*features, boxes), dynamo=True, opset_version=ONNX_OPSET,
+        custom_translation_table=roi_align_translations(), dynamic_shapes=(None, None, None, None, {0: num_boxes}),
+        input_names=["p2", "p3", "p4", "p5", "boxes"], verbose=False,
+    )  # fmt: skip
+    program.save(str(tmp_path / "pooler.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "pooler.onnx"), providers=["CPUExecutionProvider"])
+    stock = _PoolFPN(ROIPooler(**kwargs))
+    for count in (30, 3, 80):
+        boxes = random_boxes(count, 250)
+        feeds = dict(zip(["p2", "p3", "p4", "p5", "boxes"], [t.numpy() for t in (*features, boxes)]))
+        got = torch.from_numpy(session.run(None, feeds)[0])
+        torch.testing.assert_close(got, stock(*features, boxes), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- bad input
+def test_missing_weights_file_is_named(tmp_path: Path):
+    with pytest.raises(SystemExit, match="weights file not found: .*nowhere.pth"):
+        run_export_tool(tmp_path / "nowhere.pth", tmp_path, "exported_program")
+
+
+def test_unsupported_roi_heads_are_refused(weights: Path, tmp_path: Path):
+    with pytest.raises(UnsupportedModelError, match="CascadeROIHeads.forward replaces it"):
+        run_export_tool(weights, tmp_path, "exported_program", opts=("MODEL.ROI_HEADS.NAME", "CascadeROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"))
+
+
+def test_model_without_masks_is_refused(weights: Path, tmp_path: Path):
+    with pytest.raises(UnsupportedModelError, match="MODEL.MASK_ON True"):
+        run_export_tool(weights, tmp_path, "exported_program", opts=("MODEL.MASK_ON", "False"))
+
+
+def test_pooler_without_onnx_translation_is_named(weights: Path, tmp_path: Path):
+    opts = ("MODEL.MASKEXT.POOLER", "stock", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIAlignRotated")
+    with pytest.raises(UnsupportedModelError, match="roi_heads.mask_pooler: ROIAlignRotated pooling has no ONNX"):
+        run_export_tool(weights, tmp_path, "onnx", opts=opts)
+
+
+def test_image_outside_the_exported_range_is_refused(exports: dict[str, Path]):
+    exported = ExportedMaskRCNN(exports["exported_program"])
+    with pytest.raises(ValueError, match=r"image size \[40, 128\] is outside the exported range \[65, 4096\]"):
+        exported(random_image(40, 128))

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Export a trained Mask R-CNN for deployment: TorchScript, torch.export (.pt2), AOTInductor or ONNX.
+
+    python tools/export_model.py --config-file configs/synthetic/mask_rcnn_R18_FPN_GN_demo.yaml \\
+        --format exported_program --output output/export MODEL.WEIGHTS output/demo/model_final.pth
+    python tools/export_model.py ... --format onnx            # runs in onnxruntime, no custom-op library
+    python tools/export_model.py ... --format torchscript --export-method scripting
+
+Writes the model (model.ts, model.pt2, model.aoti.pt2 or model.onnx) and a JSON next to it (inputs,
+outputs, class names, input size rules). Run it with ``d2_maskext.export.ExportedMaskRCNN`` (d2_maskext/export/runtime.py, no Detectron2 needed). The interface
+and the formats: docs/export.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+from detectron2.utils.logger import setup_logger
+
+from d2_maskext.engine.config_loading import load_config
+from d2_maskext.export import (
+    EXPORT_METHODS,
+    FORMATS,
+    ExportRequest,
+    InputRules,
+    export_model,
+    model_input,
+    read_image,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="YAML or LazyConfig .py file")
+    parser.add_argument("--format", choices=FORMATS, default="exported_program")
+    parser.add_argument("--export-method", choices=EXPORT_METHODS, default="tracing", help="for torchscript")
+    parser.add_argument("--output", default="output/export", help="output folder")
+    parser.add_argument(
+        "--sample-image", default=None, metavar="FILE", help="image to trace or export with (default: random)"
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides, e.g. MODEL.WEIGHTS model.pth"
+    )
+    return parser.parse_args(argv)
+
+
+def sample_input(path: str | None, rules: InputRules) -> torch.Tensor:
+    """The model input for ``path`` resized as at test time, or a random image of the test size."""
+    if path is None:
+        size = min(max(rules.min_size_test, rules.min_side), rules.max_size_test)
+        return torch.rand(3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+    return model_input(read_image(path), rules.min_size_test, rules.max_size_test)
+
+
+def check_weights(weights: str) -> None:
+    """A clear error for a missing local weights file (URLs and ``detectron2://`` paths are fetched later)."""
+    if not weights:
+        raise SystemExit("no weights: pass MODEL.WEIGHTS path/to/model.pth (YAML) or train.init_checkpoint=... (lazy)")
+    if "://" not in weights and not Path(weights).is_file():
+        raise SystemExit(f"weights file not found: {weights}")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    setup_logger(name="d2_maskext")
+    loaded = load_config(args.config_file, args.opts)
+    if loaded.input_format != "BGR":
+        raise SystemExit(f"{args.config_file}: export takes BGR images; the model expects {loaded.input_format}")
+    check_weights(loaded.weights)
+    model = loaded.build_inference_model().to("cpu").float().eval()
+    resize = loaded.test_resize()
+    short_edges = resize.short_edge_length
+    rules = InputRules.of(model, int(min(short_edges)), int(resize.max_size))
+    request = ExportRequest(args.format, Path(args.output), args.export_method, loaded.class_names())
+    path = export_model(model, sample_input(args.sample_image, rules), rules, request)
+    print(f"model:    {path}")
+    print(f"metadata: {path.with_suffix('.json')}")
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

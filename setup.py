@@ -104,6 +104,7 @@ setup(
     packages=find_packages(exclude=("tests", "tools", "benchmarks", "configs")),
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "torchvision", "pycocotools", "opencv-python-headless", "tqdm"],
+    extras_require={"export": ["onnx", "onnxscript", "onnxruntime", "ml_dtypes<0.6"]},  # tools/export_model.py
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

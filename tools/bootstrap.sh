@@ -39,7 +39,7 @@ fi
 
 log "installing torch, torchvision and detectron2's dependencies"
 "${PIP[@]}" install --upgrade "pip>=24" wheel
-"${PIP[@]}" install -r "$REPO/requirements.txt"
+"${PIP[@]}" install -r "$REPO/requirements.txt" -r "$REPO/requirements-export.txt"
 
 SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 if ! "$VPY" - <<'PY' 2>/dev/null

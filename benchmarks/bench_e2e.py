@@ -3,7 +3,7 @@
 For each configuration (same random weights everywhere) it times
   * inference: batch 1, 100 detections through the mask head (score threshold 0, no class NMS
     suppression, so random weights give 100), masks pasted;
-  * a training iteration: forward, backward and SGD step, 512 sampled ROIs per image;
+  * a training iteration: forward, backward and SGD step (learning rate 0), 512 sampled ROIs per image;
 with a per-stage breakdown (backbone+FPN, RPN, box head, mask head, mask targets, paste, NMS; stages
 that contain others say so). Rounds visit the configurations in turn, so a noisy neighbour slows all
 rows alike; the ratios are against the first row of the same run.
@@ -184,8 +184,9 @@ def measure(args: argparse.Namespace) -> None:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     generator = torch.Generator().manual_seed(0)
     image = make_image(size, generator).to(device)
+    num_classes = build_cfg(config_file, device, ()).MODEL.ROI_HEADS.NUM_CLASSES
     train_batch = [
-        {"image": make_image(size, generator).to(device), "instances": make_instances(size, 15, 80, generator)}
+        {"image": make_image(size, generator).to(device), "instances": make_instances(size, 15, num_classes, generator)}
         for _ in range(batch)
     ]
     rows: list[Row] = []
@@ -195,11 +196,15 @@ def measure(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = build_model(cfg)
         if state is None:
+            # Zero box deltas keep the random model's boxes on its proposals: 100 non-empty detections.
+            torch.nn.init.zeros_(model.roi_heads.box_predictor.bbox_pred.weight)
             state = {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(state)
         timer = StageTimer(sync)
         timer.instrument(model)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        # A real SGD step whose learning rate is 0: the weights (random) stay where they are, so every round
+        # times the same model instead of one that drifts towards NaNs.
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
         rows.append(Row(setting, model, optimizer, timer))
 
     def infer(row: Row) -> float:

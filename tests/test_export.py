@@ -245,3 +245,19 @@ def test_image_outside_the_exported_range_is_refused(exports: dict[str, Path]):
     exported = ExportedMaskRCNN(exports["exported_program"])
     with pytest.raises(ValueError, match=r"image size \[40, 128\] is outside the exported range \[65, 4096\]"):
         exported(random_image(40, 128))
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+def test_benchmark_runs_on_two_images(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    """``benchmarks/bench_export.py`` end to end on the tiny model: parity, AP and the latency table."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_export
+
+    bench_export.main(
+        ["--config-file", str(TINY_CONFIG), "--weights", str(weights), "--dataset", "maskext_synth_tiny_val",
+         "--num-images", "2", "--formats", "exported_program", "--output", str(tmp_path), *TINY_OPTS]
+    )  # fmt: skip
+    table = capsys.readouterr().out
+    assert "| eager fp32 |" in table and "| eager fast settings" in table
+    row = next(line for line in table.splitlines() if line.startswith("| exported_program |"))
+    assert "| 100.00% |" in row

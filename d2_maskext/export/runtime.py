@@ -155,7 +155,8 @@ class ExportedMaskRCNN:
                 f"image size {list(image.shape[1:])} is outside the exported range "
                 f"[{rules['min_side']}, {rules['max_side']}] per side"
             )
-        boxes, scores, classes, masks = self._run(image.contiguous())
+        with torch.no_grad():
+            boxes, scores, classes, masks = self._run(image.contiguous())
         return boxes, scores, classes, masks
 
     def predict(self, bgr: np.ndarray, mask_threshold: float = 0.5) -> Prediction:

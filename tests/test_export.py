@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import ROIPooler
@@ -22,8 +23,9 @@ from detectron2.structures import Boxes
 from detectron2.utils.testing import random_boxes
 from PIL import Image
 from torch import Tensor, nn
-from train_net_runner import REPO, TINY_CONFIG, tiny_cfg
+from train_net_runner import REPO, TINY_CONFIG, shrink_to_tiny, tiny_cfg
 
+from d2_maskext.config import add_maskext_config
 from d2_maskext.export import ExportedMaskRCNN, MaskRCNNExportAdapter, UnsupportedModelError
 from d2_maskext.layers import HAS_C_EXT, FusedROIPooler
 
@@ -37,6 +39,7 @@ TINY_OPTS = ("MODEL.MASKEXT.POOLER", "fused", "MODEL.ROI_HEADS.SCORE_THRESH_TEST
 # The export runs at 128 x 128 (the tiny test size); these are checked too.
 OTHER_SIZES = [(96, 160), (200, 136), (128, 128)]
 FPN_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+VARIANTS = sorted(p.stem for p in (REPO / "configs" / "synthetic" / "variants").glob("*.yaml"))
 
 
 def _tiny_model(*opts: str) -> nn.Module:
@@ -98,6 +101,35 @@ def test_adapter_gives_the_model_detections(model: nn.Module):
         image = random_image(*size)
         with torch.no_grad():
             assert_same_detections(adapter(image), reference(model, image))
+
+
+def _variant_model(variant: str) -> nn.Module:
+    cfg = add_maskext_config(get_cfg())
+    cfg.merge_from_file(str(REPO / "configs" / "synthetic" / "variants" / f"{variant}.yaml"))
+    shrink_to_tiny(cfg)
+    cfg.merge_from_list(list(TINY_OPTS))
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_adapter_gives_each_head_variant_detections(variant: str):
+    model = _variant_model(variant)
+    image = random_image(128, 96)
+    with torch.no_grad():
+        assert_same_detections(MaskRCNNExportAdapter(model)(image), reference(model, image))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_head_variant_exports_with_dynamic_size(variant: str):
+    model = _variant_model(variant)
+    adapter = MaskRCNNExportAdapter(model)
+    size = {1: torch.export.Dim("height", min=65, max=4096), 2: torch.export.Dim("width", min=65, max=4096)}
+    program = torch.export.export(adapter, (random_image(128, 96),), dynamic_shapes={"image": size})
+    image = random_image(100, 150)
+    with torch.no_grad():
+        assert_same_detections(program.module()(image), reference(model, image))
 
 
 # ------------------------------------------------------------------------------------------ formats

@@ -44,4 +44,4 @@ def script_model(model: GeneralizedRCNN) -> torch.jit.ScriptModule:
             f"--export-method scripting supports Detectron2's GeneralizedRCNN, got {type(model).__name__}; "
             "use --export-method tracing (or another format)"
         )
-    return scripting_with_instances(_ScriptableMaskRCNN(model.eval()), INSTANCE_FIELDS)
+    return scripting_with_instances(_ScriptableMaskRCNN(model).eval(), INSTANCE_FIELDS)

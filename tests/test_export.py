@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
@@ -27,7 +28,7 @@ from train_net_runner import REPO, TINY_CONFIG, shrink_to_tiny, tiny_cfg
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.export import ExportedMaskRCNN, MaskRCNNExportAdapter, UnsupportedModelError
-from d2_maskext.layers import HAS_C_EXT, FusedROIPooler
+from d2_maskext.layers import HAS_C_EXT, FusedROIPooler, roi_align
 
 sys.path.insert(0, str(REPO / "tools"))
 import export_model as export_tool  # noqa: E402
@@ -249,6 +250,33 @@ def test_fused_pooler_onnx_equals_roi_pooler(pooler_type: str, tmp_path: Path):
         feeds = dict(zip(["p2", "p3", "p4", "p5", "boxes"], [t.numpy() for t in (*features, boxes)]))
         got = torch.from_numpy(session.run(None, feeds)[0])
         torch.testing.assert_close(got, stock(*features, boxes), rtol=1e-5, atol=1e-5)
+
+
+class _SingleLevelRoIAlign(nn.Module):
+    def __init__(self, aligned: bool):
+        super().__init__()
+        self.aligned = aligned
+
+    def forward(self, feature: Tensor, rois: Tensor) -> Tensor:
+        return roi_align(feature, rois, (5, 4), spatial_scale=0.25, sampling_ratio=2, aligned=self.aligned)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_single_level_roi_align_onnx_equals_torchvision(aligned: bool, tmp_path: Path):
+    from d2_maskext.export.onnx_translation import ONNX_OPSET, roi_align_translations
+
+    torch.manual_seed(0)
+    feature = torch.randn(2, 3, 24, 20)
+    rois = torch.cat([torch.randint(0, 2, (9, 1)).float(), random_boxes(9, 90)], dim=1)
+    program = torch.onnx.export(
+        _SingleLevelRoIAlign(aligned), (feature, rois), dynamo=True, opset_version=ONNX_OPSET,
+        custom_translation_table=roi_align_translations(), input_names=["feature", "rois"], verbose=False,
+    )  # fmt: skip
+    program.save(str(tmp_path / "roi_align.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "roi_align.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"feature": feature.numpy(), "rois": rois.numpy()})[0])
+    want = torchvision.ops.roi_align(feature, rois, (5, 4), spatial_scale=0.25, sampling_ratio=2, aligned=aligned)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------- bad input

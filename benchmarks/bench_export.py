@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-images", type=int, default=None, help="first N images of the split (default: all)")
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     parser.add_argument("--output", default="output/bench_export", help="where the exports are written")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for every row (default: torch's; 1 on a shared CPU)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     return parser.parse_args(argv)
 
@@ -122,7 +125,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], int]:
     exported: dict[str, ExportedMaskRCNN] = {}
     for fmt in args.formats:
         request = ExportRequest(fmt, Path(args.output) / fmt, "tracing", loaded.class_names())
-        exported[fmt] = ExportedMaskRCNN(export_model(model, inputs[0], rules, request))
+        exported[fmt] = ExportedMaskRCNN(export_model(model, inputs[0], rules, request), num_threads=args.threads)
         rows.append(Row(fmt, exported[fmt]))
     for row in rows:  # warm-up (first calls compile or allocate)
         row.forward(inputs[0])
@@ -145,7 +148,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], int]:
 
 
 def report(rows: list[Row], num_images: int) -> None:
-    print(f"\n{num_images} images; matched: box IoU >= {MIN_IOU}, |score diff| < {MAX_SCORE_DIFF}, same class\n")
+    print(f"\n{num_images} images, {torch.get_num_threads()} threads; matched: box IoU >= {MIN_IOU}, |score diff| < {MAX_SCORE_DIFF}, same class\n")
     print("| model | median latency (ms) | vs eager fp32 | detections matched | box AP | mask AP |")
     print("|---|---:|---:|---:|---:|---:|")
     base = statistics.median(rows[0].latencies)
@@ -161,6 +164,8 @@ def report(rows: list[Row], num_images: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     rows, num_images = measure(args)
     report(rows, num_images)
 

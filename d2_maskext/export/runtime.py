@@ -102,11 +102,14 @@ def model_input(bgr: np.ndarray, min_size_test: int, max_size_test: int) -> Tens
     return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1))).float()
 
 
-def _load_backend(path: Path, fmt: str) -> Callable[[Tensor], tuple[Tensor, ...]]:
+def _load_backend(path: Path, fmt: str, num_threads: int | None) -> Callable[[Tensor], tuple[Tensor, ...]]:
     if fmt == "onnx":
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
 
         def run_onnx(image: Tensor) -> tuple[Tensor, ...]:
@@ -124,9 +127,12 @@ def _load_backend(path: Path, fmt: str) -> Callable[[Tensor], tuple[Tensor, ...]
 
 
 class ExportedMaskRCNN:
-    """An exported model and its JSON: ``model(image_tensor)`` runs the raw graph, ``predict_file`` a file."""
+    """An exported model and its JSON: ``model(image_tensor)`` runs the raw graph, ``predict_file`` a file.
 
-    def __init__(self, path: str | Path, op_library: str | Path | None = None):
+    ``num_threads`` caps onnxruntime's threads (torch formats follow ``torch.set_num_threads``).
+    """
+
+    def __init__(self, path: str | Path, op_library: str | Path | None = None, num_threads: int | None = None):
         self.path = Path(path)
         metadata_path = self.path.with_suffix(".json")
         if not self.path.is_file():
@@ -139,7 +145,7 @@ class ExportedMaskRCNN:
             import torchvision  # noqa: F401  (registers torchvision::nms and roi_align, which the graph calls)
         if self.metadata.get("custom_ops") and fmt != "onnx" and not hasattr(torch.ops.d2_maskext, "roi_align"):
             torch.ops.load_library(str(op_library or find_op_library()))
-        self._run = _load_backend(self.path, fmt)
+        self._run = _load_backend(self.path, fmt, num_threads)
 
     @property
     def class_names(self) -> list[str]:

@@ -40,6 +40,8 @@ def check_exportable(model: nn.Module) -> None:
         raise UnsupportedModelError(
             f"export supports GeneralizedRCNN-based meta architectures, got {type(model).__name__}"
         )
+    if model.backbone.padding_constraints.get("square_size", 0):
+        raise UnsupportedModelError("export pads images to the size divisibility; square padding is not supported")
     rpn = model.proposal_generator
     if type(rpn) is not RPN:
         raise UnsupportedModelError(f"export supports the stock RPN proposal generator, got {type(rpn).__name__}")

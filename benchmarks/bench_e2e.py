@@ -229,27 +229,24 @@ def measure(args: argparse.Namespace) -> None:
         sync()
         return time.perf_counter() - start
 
-    with EventStorage(0):
-        for round_index in range(args.warmup + args.iters):
+    def rounds(name: str, step: Callable[[Row], float], warmup: int, iters: int) -> None:
+        """``warmup + iters`` rounds over every row; the timed ones append to ``row.<name>`` and the stages."""
+        for round_index in range(warmup + iters):
             for row in rows:
-                row.timer.enabled = round_index >= args.warmup
+                row.timer.enabled = round_index >= warmup
                 with row.timer.patched():
-                    seconds = infer(row)
-                if round_index >= args.warmup:
-                    row.infer.append(seconds)
-            print(f"  inference round {round_index + 1}/{args.warmup + args.iters} done", flush=True)
+                    seconds = step(row)
+                if round_index >= warmup:
+                    getattr(row, name).append(seconds)
+            print(f"  {name} round {round_index + 1}/{warmup + iters} done", flush=True)
+
+    with EventStorage(0):
+        rounds("infer", infer, args.warmup, args.iters)
         infer_stages = {id(row): dict(row.timer.seconds) for row in rows}
         for row in rows:
             row.timer.seconds.clear()
         if not args.skip_training:
-            for round_index in range(args.train_warmup + args.train_iters):
-                for row in rows:
-                    row.timer.enabled = round_index >= args.train_warmup
-                    with row.timer.patched():
-                        seconds = train(row)
-                    if round_index >= args.train_warmup:
-                        row.train.append(seconds)
-                print(f"  training round {round_index + 1}/{args.train_warmup + args.train_iters} done", flush=True)
+            rounds("train", train, args.train_warmup, args.train_iters)
 
     report(args, rows, infer_stages, size, batch)
     if args.profile:

@@ -59,7 +59,8 @@ class _SeparablePasteROIMasks(ROIMasks):
         return _SeparablePasteROIMasks(super().__getitem__(item).tensor)
 
     def to_bitmasks(self, boxes: Tensor, height, width, threshold: float = 0.5) -> BitMasks:
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        # Tracing needs Detectron2's shape handling; a negative threshold asks for its soft (uint8) masks.
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or threshold < 0:
             return super().to_bitmasks(boxes, height, width, threshold)
         return BitMasks(paste_masks(self.tensor, boxes.tensor, (int(height), int(width)), threshold))
 

@@ -7,6 +7,7 @@ setting that this machine can honour, with one warning when it cannot.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -19,9 +20,17 @@ logger = logging.getLogger(__name__)
 PRECISION_CHOICES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@functools.cache
 def cpu_supports_fast_bfloat16() -> bool:
-    """Whether oneDNN runs bfloat16 kernels natively here (otherwise they are emulated and slower)."""
+    """Whether oneDNN runs bfloat16 kernels natively here (otherwise they are emulated and slower).
+
+    Cached and first asked at import: the model asks on every forward, also while being traced (FLOP
+    counting, TorchScript tracing), where the operator's bool result cannot be recorded.
+    """
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+cpu_supports_fast_bfloat16()
 
 
 def parse_precision(name: str) -> torch.dtype:

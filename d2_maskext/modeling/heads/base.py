@@ -86,11 +86,11 @@ class MaskExtHead(BaseMaskRCNNHead):
         ret["loss_weight"] = cfg.MODEL.ROI_MASK_HEAD.LOSS.WEIGHT
         return ret
 
-    def head_inputs(self, x, instances: list[Instances]):
+    def head_inputs(self, x: Tensor, instances: list[Instances]) -> Tensor:
         """What ``layers`` consumes, from what the ROI heads passes (its pooled features by default)."""
         return x
 
-    def logits_and_losses(self, x, instances: list[Instances]) -> tuple[Tensor, dict[str, Tensor]]:
+    def logits_and_losses(self, x: Tensor, instances: list[Instances]) -> tuple[Tensor, dict[str, Tensor]]:
         """Training step: mask logits and the weighted loss terms."""
         logits = self.layers(self.head_inputs(x, instances))
         return logits, self.weighted(self.mask_loss(logits, instances))
@@ -98,7 +98,7 @@ class MaskExtHead(BaseMaskRCNNHead):
     def weighted(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         return {name: value * self.loss_weight for name, value in losses.items()}
 
-    def forward(self, x, instances: list[Instances]):
+    def forward(self, x: Tensor, instances: list[Instances]):
         if self.training:
             return self.logits_and_losses(x, instances)[1]
         mask_rcnn_inference(self.layers(self.head_inputs(x, instances)), instances)

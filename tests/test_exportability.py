@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from train_net_runner import shrink_to_tiny
 
 from d2_maskext.config import add_maskext_config
+from d2_maskext.export.scripting import INSTANCE_FIELDS
 from d2_maskext.layers import HAS_C_EXT, FusedROIPooler
 from d2_maskext.layers._ext import ROI_ALIGN_DEVICE_TYPES
 from d2_maskext.modeling.heads import DoubleConvFCHead
@@ -33,16 +34,6 @@ pytestmark = pytest.mark.skipif(not HAS_C_EXT, reason="scripting calls the compi
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VARIANTS = sorted(p.stem for p in (CONFIGS / "synthetic" / "variants").glob("*.yaml"))
 FPN_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
-# Every Instances field the models read or write at inference (scripting needs them declared).
-INSTANCE_FIELDS = {
-    "proposal_boxes": Boxes,
-    "objectness_logits": Tensor,
-    "pred_boxes": Boxes,
-    "scores": Tensor,
-    "pred_classes": Tensor,
-    "pred_masks": Tensor,
-    "pred_maskiou": Tensor,
-}
 MASK_HEADS = ["MaskRCNNConvUpsampleHead", "MaskExtConvUpsampleHead", "BoundaryMaskHead", "LightMaskHead"]
 NEEDS_CUDA_KERNEL = pytest.mark.skipif(
     not torch.cuda.is_available() or "cuda" not in ROI_ALIGN_DEVICE_TYPES, reason="needs a GPU and the CUDA kernel"

@@ -9,22 +9,8 @@ training parts (d2_maskext/engine/lazy_training.py).
 
 from __future__ import annotations
 
-from detectron2.engine import default_argument_parser, launch
-
+from d2_maskext.engine.launching import launch_from_command_line
 from d2_maskext.engine.lazy_training import lazy_main
 
-
-def cli() -> None:
-    args = default_argument_parser().parse_args()
-    launch(
-        lazy_main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
-
-
 if __name__ == "__main__":
-    cli()
+    launch_from_command_line(lazy_main)

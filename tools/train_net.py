@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from argparse import Namespace
 
-from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
 from d2_maskext.checkpoint import SafeCheckpointer
 from d2_maskext.engine import Trainer, setup_cfg
+from d2_maskext.engine.launching import launch_from_command_line
 
 
 def main(args: Namespace):
@@ -31,17 +31,5 @@ def main(args: Namespace):
     return trainer.train()
 
 
-def cli() -> None:
-    args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
-
-
 if __name__ == "__main__":
-    cli()
+    launch_from_command_line(main)

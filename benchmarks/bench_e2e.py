@@ -196,8 +196,10 @@ def measure(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = build_model(cfg)
         if state is None:
-            # Zero box deltas keep the random model's boxes on its proposals: 100 non-empty detections.
+            # Zero box deltas keep the random model's boxes on its proposals, and zero class logits give every
+            # (proposal, class) pair the same score: 100 non-empty detections in every row, whatever the precision.
             torch.nn.init.zeros_(model.roi_heads.box_predictor.bbox_pred.weight)
+            torch.nn.init.zeros_(model.roi_heads.box_predictor.cls_score.weight)
             state = {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(state)
         timer = StageTimer(sync)

@@ -1,5 +1,5 @@
 """The layers behind MaskExtRCNN's fast path give Detectron2's results: separable mask pasting and
-convolutions with their frozen batch norm folded in."""
+convolutions with their frozen batch norm folded in, fused at CPU inference."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.layers.mask_ops import paste_masks_in_image
-from detectron2.modeling.backbone.resnet import BottleneckBlock
+from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
-from d2_maskext.layers import FrozenBNConv2d, fold_frozen_batchnorm
+from d2_maskext.layers import FusedConv2d, fuse_convolutions
+from d2_maskext.layers.fused_conv import FusedBasicBlock, FusedBasicStem, FusedBottleneckBlock
 from d2_maskext.layers.paste_masks import paste_masks
 
 
@@ -61,8 +62,9 @@ def test_folded_frozen_batchnorm_matches_conv_then_norm_in_values_gradients_and_
         if isinstance(module, Conv2d):
             module.norm = _frozen_bn(module.out_channels, generator)
     folded = copy.deepcopy(block)
-    assert fold_frozen_batchnorm(folded) == 4  # conv1-3 and the shortcut
-    assert all(type(m) is FrozenBNConv2d for m in folded.modules() if isinstance(m, Conv2d))
+    assert fuse_convolutions(folded) == 4  # conv1-3 and the shortcut
+    assert type(folded) is FusedBottleneckBlock
+    assert all(type(m) is FusedConv2d for m in folded.modules() if isinstance(m, Conv2d))
     assert folded.state_dict().keys() == block.state_dict().keys()
 
     x = torch.randn(2, 32, 9, 11, generator=generator, requires_grad=True)
@@ -75,6 +77,67 @@ def test_folded_frozen_batchnorm_matches_conv_then_norm_in_values_gradients_and_
         torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-3)
 
 
-def test_fold_leaves_other_norms_alone():
+def test_fuse_leaves_trainable_norms_alone():
     conv = Conv2d(4, 4, 3, norm=torch.nn.GroupNorm(2, 4))
-    assert fold_frozen_batchnorm(conv) == 0 and type(conv) is Conv2d
+    assert fuse_convolutions(conv) == 0 and type(conv) is Conv2d
+    block = BasicBlock(32, 32, norm="GN")
+    fuse_convolutions(block)
+    with torch.no_grad():  # a block whose convolutions kept their norm runs Detectron2's forward
+        assert block(torch.randn(1, 32, 5, 5)).shape == (1, 32, 5, 5)
+
+
+def _frozen_network(generator: torch.Generator) -> torch.nn.Sequential:
+    network = torch.nn.Sequential(
+        BasicStem(3, 16, norm="FrozenBN"),
+        BottleneckBlock(16, 32, bottleneck_channels=8, stride=2, norm="FrozenBN"),
+        BottleneckBlock(32, 32, bottleneck_channels=8, norm="FrozenBN"),
+        BasicBlock(32, 32, norm="FrozenBN"),
+        Conv2d(32, 8, 3, padding=1, activation=torch.nn.ReLU()),
+    )
+    for module in network.modules():
+        if isinstance(module, Conv2d) and module.norm is not None:
+            module.norm = _frozen_bn(module.out_channels, generator)
+    return network
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_inference_equals_detectron2_and_follows_weight_changes(dtype: torch.dtype, channels_last: bool):
+    torch.manual_seed(1)
+    generator = torch.Generator().manual_seed(1)
+    reference = _frozen_network(generator)
+    fused = copy.deepcopy(reference)
+    assert fuse_convolutions(fused) == 11
+    assert [type(m) for m in fused[:4]] == [FusedBasicStem, FusedBottleneckBlock, FusedBottleneckBlock, FusedBasicBlock]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    reference.to(memory_format=memory_format)
+    fused.to(memory_format=memory_format)
+
+    def run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            return module(x)
+
+    def check(size: tuple[int, int]) -> torch.Tensor:
+        x = (torch.randn(1, 3, *size, generator=generator) * 50).contiguous(memory_format=memory_format)
+        expected, actual = run(reference, x), run(fused, x)
+        assert actual.dtype == expected.dtype
+        if dtype == torch.float32:
+            torch.testing.assert_close(actual, expected, rtol=1e-3, atol=1e-3)
+        else:  # folded weights round to bfloat16 differently from the unfolded batch norm: compare overall
+            error = (actual.float() - expected.float()).norm() / expected.float().norm()
+            assert error < 0.05, f"relative error {error:.4f}"
+        return x
+
+    check((37, 45))
+    check((64, 29))  # another input size reuses the packed weights
+    with torch.no_grad():  # training steps and checkpoint loads change parameters in place: weights repack
+        for module in (reference, fused):
+            module[1].conv2.weight.mul_(-1.5)
+            module[4].bias.add_(1.0)
+            module[2].conv1.norm.running_var.mul_(4.0)
+    x = check((37, 45))
+    fresh = copy.deepcopy(reference)
+    fuse_convolutions(fresh)
+    assert torch.equal(run(fused, x), run(fresh, x))
+    assert fused.state_dict().keys() == reference.state_dict().keys()
+    copy.deepcopy(fused)  # packed weights live outside the module: copies and pickles still work

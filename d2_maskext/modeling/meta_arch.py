@@ -15,7 +15,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import BitMasks, ImageList, Instances, ROIMasks
 from torch import Tensor, nn
 
-from ..layers import fold_frozen_batchnorm
+from ..layers import fuse_convolutions
 from ..layers.paste_masks import paste_masks
 from .precision import ComputeSettings, parse_precision, prepare_for_autocast, resolve_compute_settings
 
@@ -71,8 +71,9 @@ class MaskExtRCNN(GeneralizedRCNN):
 
     Weights stay float32 (channels-last strides only), so checkpoints load into stock ``GeneralizedRCNN``
     and back. Under reduced precision, outputs that enter box decoding, NMS, losses and mask pasting are
-    float32, and returned instances hold float32 tensors. With either setting on, convolutions followed by
-    a frozen batch norm run folded into one (:func:`fold_frozen_batchnorm`). Masks are pasted into the image
+    float32, and returned instances hold float32 tensors. With either setting on, frozen batch norms fold into
+    their convolutions, which at CPU inference run on packed weights with ReLU and residual adds fused in
+    (:func:`fuse_convolutions`). Masks are pasted into the image
     by separable resizes (:func:`paste_masks`, equal to Detectron2's ``paste_masks_in_image``).
     """
 
@@ -84,7 +85,7 @@ class MaskExtRCNN(GeneralizedRCNN):
         if channels_last:
             self.to(memory_format=torch.channels_last)
         if channels_last or precision != torch.float32:
-            fold_frozen_batchnorm(self)
+            fuse_convolutions(self)
         if precision != torch.float32:
             prepare_for_autocast(self)
             for name in FLOAT32_OUTPUT_MODULES:

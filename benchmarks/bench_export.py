@@ -35,6 +35,8 @@ from d2_maskext.export.runtime import model_input, read_image
 DEMO_CONFIG = "configs/synthetic/mask_rcnn_R18_FPN_GN_demo.yaml"
 FAST_SETTINGS = ("MODEL.META_ARCHITECTURE", "MaskExtRCNN", "MODEL.MASKEXT.CHANNELS_LAST", "True",
                  "MODEL.MASKEXT.PRECISION", "bfloat16")  # fmt: skip
+# Exports run the network in float32 whatever the config's compute settings, so eager is compared in float32.
+FLOAT32_SETTINGS = ("MODEL.MASKEXT.CHANNELS_LAST", "False", "MODEL.MASKEXT.PRECISION", "float32")
 MIN_IOU, MAX_SCORE_DIFF, MIN_MATCHED, MAX_MASK_AP_DIFF = 0.99, 1e-3, 0.99, 0.2
 Outputs = tuple[Tensor, Tensor, Tensor, Tensor]
 
@@ -111,7 +113,7 @@ def evaluate(loaded: LoadedConfig, dataset: str, records: list[dict], outputs: l
 
 
 def measure(args: argparse.Namespace) -> tuple[list[Row], int]:
-    loaded = load_config(args.config_file, ["MODEL.WEIGHTS", args.weights, *args.opts])
+    loaded = load_config(args.config_file, ["MODEL.WEIGHTS", args.weights, *args.opts, *FLOAT32_SETTINGS])
     model = loaded.build_inference_model().to("cpu").float().eval()
     resize = loaded.test_resize()
     rules = InputRules.of(model, int(min(resize.short_edge_length)), int(resize.max_size))

@@ -65,10 +65,11 @@ class FusedConv2d(Conv2d):
         return self.weight * scale.reshape(-1, 1, 1, 1), bias
 
     def forward(self, x: Tensor) -> Tensor:
-        if _fused_compute_dtype(x) is not None:
+        dtype = _fused_compute_dtype(x)
+        if dtype is not None:
             if _is_relu(self.activation):
-                return self.fused(x, relu=True)
-            x = self.fused(x)
+                return self.fused(x, dtype, relu=True)
+            x = self.fused(x, dtype)
         else:
             weight, bias = self.folded_weight_and_bias()
             x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
@@ -76,11 +77,9 @@ class FusedConv2d(Conv2d):
             x = self.activation(x)
         return x
 
-    def fused(self, x: Tensor, relu: bool = False) -> Tensor:
-        """``conv(x)``, or ``relu(conv(x))``, in one oneDNN call (CPU inference only; ``activation`` is not
-        applied)."""
-        dtype = _fused_compute_dtype(x)
-        assert dtype is not None, "the fused path runs at CPU inference only"
+    def fused(self, x: Tensor, dtype: torch.dtype, relu: bool = False) -> Tensor:
+        """``conv(x)``, or ``relu(conv(x))``, in one oneDNN call in ``dtype``, which the caller got from
+        ``_fused_compute_dtype(x)`` (CPU inference only; ``activation`` is not applied)."""
         weight, bias = self._packed(x, dtype)
         return torch.ops.mkldnn._convolution_pointwise(
             x.to(dtype), weight, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
@@ -113,10 +112,12 @@ class FusedBottleneckBlock(BottleneckBlock):
     """ResNet bottleneck whose inner ReLUs run inside its convolutions at inference."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if _fused_compute_dtype(x) is None or not _fusable(self.conv1, self.conv2, self.conv3, self.shortcut):
+        dtype = _fused_compute_dtype(x)
+        if dtype is None or not _fusable(self.conv1, self.conv2, self.conv3, self.shortcut):
             return super().forward(x)
-        shortcut = x if self.shortcut is None else self.shortcut.fused(x)
-        out = self.conv3.fused(self.conv2.fused(self.conv1.fused(x, relu=True), relu=True))
+        shortcut = x if self.shortcut is None else self.shortcut.fused(x, dtype)
+        out = self.conv1.fused(x, dtype, relu=True)
+        out = self.conv3.fused(self.conv2.fused(out, dtype, relu=True), dtype)
         out += shortcut
         return F.relu_(out)
 
@@ -125,10 +126,11 @@ class FusedBasicBlock(BasicBlock):
     """ResNet basic block whose inner ReLU runs inside its first convolution at inference."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if _fused_compute_dtype(x) is None or not _fusable(self.conv1, self.conv2, self.shortcut):
+        dtype = _fused_compute_dtype(x)
+        if dtype is None or not _fusable(self.conv1, self.conv2, self.shortcut):
             return super().forward(x)
-        shortcut = x if self.shortcut is None else self.shortcut.fused(x)
-        out = self.conv2.fused(self.conv1.fused(x, relu=True))
+        shortcut = x if self.shortcut is None else self.shortcut.fused(x, dtype)
+        out = self.conv2.fused(self.conv1.fused(x, dtype, relu=True), dtype)
         out += shortcut
         return F.relu_(out)
 
@@ -137,9 +139,10 @@ class FusedBasicStem(BasicStem):
     """ResNet stem whose ReLU runs inside its convolution at inference."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if _fused_compute_dtype(x) is None or not _fusable(self.conv1):
+        dtype = _fused_compute_dtype(x)
+        if dtype is None or not _fusable(self.conv1):
             return super().forward(x)
-        return F.max_pool2d(self.conv1.fused(x, relu=True), kernel_size=3, stride=2, padding=1)
+        return F.max_pool2d(self.conv1.fused(x, dtype, relu=True), kernel_size=3, stride=2, padding=1)
 
 
 _FUSED_BLOCKS = {BottleneckBlock: FusedBottleneckBlock, BasicBlock: FusedBasicBlock, BasicStem: FusedBasicStem}

@@ -125,7 +125,7 @@ def test_float32_maskext_rcnn_predicts_exactly_like_generalized_rcnn(tmp_path):
 def trained_tiny_weights(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained_tiny")
     torch.manual_seed(0)
-    trainer = Trainer(tiny_cfg(out, "SOLVER.MAX_ITER", "150", "SOLVER.BASE_LR", "0.02", "SOLVER.WARMUP_ITERS", "20"))
+    trainer = Trainer(tiny_cfg(out, "SOLVER.MAX_ITER", "300", "SOLVER.BASE_LR", "0.02", "SOLVER.WARMUP_ITERS", "20"))
     trainer.train()
     DetectionCheckpointer(trainer.model, save_dir=str(out)).save("trained")
     return out / "trained.pth"

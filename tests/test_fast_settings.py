@@ -13,6 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, pairwise_iou
+from detectron2.utils.env import seed_all_rng
 from train_net_runner import REPO, tiny_cfg
 
 from d2_maskext.data.formats.image_files import read_image
@@ -26,6 +27,13 @@ VARIANTS = [REPO / "configs" / "quick_schedules" / "mask_rcnn_R18_FPN_GN_tiny.ya
             *sorted((REPO / "configs" / "synthetic" / "variants").glob("*.yaml"))]
 TOP_DETECTIONS = 3
 CONFIDENT_SCORE = 0.2
+# bfloat16 moves a 20-pixel box of the barely trained tiny model by up to about half a pixel: over ten training
+# seeds the top detections' IoU with their float32 counterparts was 0.954 at worst and 0.989 to 0.996 on average.
+MIN_BOX_IOU = 0.9
+MIN_MEAN_BOX_IOU = 0.98
+EVERY_PAIR = ("MODEL.RPN.NMS_THRESH", "1.0", "MODEL.RPN.PRE_NMS_TOPK_TEST", "100000",
+              "MODEL.RPN.POST_NMS_TOPK_TEST", "100000", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "1.0",
+              "TEST.DETECTIONS_PER_IMAGE", "1000")
 LOW = torch.bfloat16 if precision.cpu_supports_fast_bfloat16() else torch.float32
 
 
@@ -124,35 +132,50 @@ def test_float32_maskext_rcnn_predicts_exactly_like_generalized_rcnn(tmp_path):
 @pytest.fixture(scope="module")
 def trained_tiny_weights(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained_tiny")
-    torch.manual_seed(0)
+    seed_all_rng(0)
     trainer = Trainer(tiny_cfg(out, "SOLVER.MAX_ITER", "300", "SOLVER.BASE_LR", "0.02", "SOLVER.WARMUP_ITERS", "20"))
     trainer.train()
     DetectionCheckpointer(trainer.model, save_dir=str(out)).save("trained")
     return out / "trained.pth"
 
 
-def test_fast_settings_find_the_same_objects_as_float32(tmp_path, trained_tiny_weights: Path):
-    models = {}
-    for name, opts in (("float32", ()), ("fast", FAST)):
-        model = build_model(tiny_cfg(tmp_path, *opts))
-        DetectionCheckpointer(model).load(str(trained_tiny_weights))
-        models[name] = model.eval()
-    matched = 0
+def _float32_and_fast_detections(tmp_path: Path, weights: Path, *opts: str):
+    """Yield ``(file name, float32 instances, fast instances)`` for each tiny val image, same weights."""
+    models = []
+    for settings in ((), FAST):
+        model = build_model(tiny_cfg(tmp_path, *settings, *opts))
+        DetectionCheckpointer(model).load(str(weights))
+        models.append(model.eval())
     for record in DatasetCatalog.get("maskext_synth_tiny_val"):
         image = torch.as_tensor(read_image(record["file_name"], "BGR").transpose(2, 0, 1).copy())
         with torch.no_grad():
-            ref, fast = (models[n]([{"image": image}])[0]["instances"] for n in ("float32", "fast"))
-        assert abs(len(ref) - len(fast)) <= max(1, len(ref) // 10), (record["file_name"], len(ref), len(fast))
-        # The confident top detections of each have a counterpart of the same class, with box IoU > 0.95, in the
-        # other. (A barely trained model's low-score boxes are near-ties that either precision may rank first.)
+            yield record["file_name"], *(model([{"image": image}])[0]["instances"] for model in models)
+
+
+def test_fast_settings_find_as_many_objects_as_float32(tmp_path, trained_tiny_weights: Path):
+    # Counted over the split, without the tiny config's cap of 10: near-tied boxes may survive suppression in
+    # one precision and not the other, so single images differ by a detection or two.
+    counts = {"float32": [], "fast": []}
+    for _, ref, fast in _float32_and_fast_detections(tmp_path, trained_tiny_weights, "TEST.DETECTIONS_PER_IMAGE", "100"):
+        counts["float32"].append(len(ref))
+        counts["fast"].append(len(fast))
+    assert sum(counts["float32"]) > 0
+    assert abs(sum(counts["float32"]) - sum(counts["fast"])) <= sum(counts["float32"]) / 10, counts
+
+
+def test_fast_settings_give_each_top_detection_the_same_class_and_box(tmp_path, trained_tiny_weights: Path):
+    # Every (proposal, class) pair is kept, so each detection has its own counterpart in the other precision.
+    # With suppression on, a barely trained model's clusters of near-tied boxes let either precision keep a
+    # different member, and the comparison would test tie-breaking instead of the fast settings.
+    ious = []
+    for file_name, ref, fast in _float32_and_fast_detections(tmp_path, trained_tiny_weights, *EVERY_PAIR):
         for a, b in ((ref, fast), (fast, ref)):
             a = a[a.scores.argsort(descending=True)[:TOP_DETECTIONS]]
             a = a[a.scores >= CONFIDENT_SCORE]
-            if len(a) == 0 or len(b) == 0:
-                continue
             iou = pairwise_iou(a.pred_boxes, b.pred_boxes)
             iou[a.pred_classes[:, None] != b.pred_classes[None, :]] = 0
             best = iou.max(dim=1).values
-            assert bool((best > 0.95).all()), (record["file_name"], best, a.scores)
-            matched += len(a)
-    assert matched > 0, "no confident detection to compare"
+            assert bool((best > MIN_BOX_IOU).all()), (file_name, best, a.scores)
+            ious += best.tolist()
+    assert len(ious) > 0, "no confident detection to compare"
+    assert sum(ious) / len(ious) > MIN_MEAN_BOX_IOU, ious

@@ -72,9 +72,9 @@ class MaskExtRCNN(GeneralizedRCNN):
     Weights stay float32 (channels-last strides only), so checkpoints load into stock ``GeneralizedRCNN``
     and back. Under reduced precision, outputs that enter box decoding, NMS, losses and mask pasting are
     float32, and returned instances hold float32 tensors. With either setting on, frozen batch norms fold into
-    their convolutions, which at CPU inference run on packed weights with ReLU and residual adds fused in
-    (:func:`fuse_convolutions`). Masks are pasted into the image
-    by separable resizes (:func:`paste_masks`, equal to Detectron2's ``paste_masks_in_image``).
+    their convolutions, which at CPU inference run on packed weights with ReLU fused in
+    (:func:`fuse_convolutions`). Masks are pasted into the image by separable resizes (:func:`paste_masks`,
+    equal to Detectron2's ``paste_masks_in_image``).
     """
 
     @configurable

@@ -1,5 +1,6 @@
 """Detectron2's tools, plugin-aware: visualize_data.py, analyze_model.py and benchmark.py take YAML and lazy
-configs with Detectron2's flags; analyze_model.py counts the fused pooler's RoIAlign."""
+configs with Detectron2's flags; analyze_model.py counts the fused pooler's RoIAlign; demo.py
+follows an OUTPUT_DIR override."""
 
 from __future__ import annotations
 
@@ -122,3 +123,10 @@ def test_eval_report_of_a_model_reads_no_training_data(tmp_path, capsys):
     )  # fmt: skip
 
     assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+
+
+def test_demo_reads_its_results_where_an_output_dir_override_sends_them():
+    demo = _tool("demo")
+    assert demo.output_dir(["SOLVER.MAX_ITER", "100"]) == REPO / "output" / "demo"
+    assert demo.output_dir(["OUTPUT_DIR", "output/a", "SEED", "2", "OUTPUT_DIR", "output/b"]) == REPO / "output" / "b"
+    assert demo.output_dir(["OUTPUT_DIR", "/tmp/demo"]) == Path("/tmp/demo")

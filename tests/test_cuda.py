@@ -10,7 +10,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from test_fused_pooler import fpn_features, pooler_pair, random_boxes
-from test_roi_align import random_rois
+from test_roi_align import assert_low_precision_close_to_float32, random_rois
 from train_net_runner import REPO
 
 from d2_maskext.config import add_maskext_config
@@ -97,17 +97,7 @@ def test_low_precision_close_to_float32(dtype, channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     rois = random_rois(g, 40, 2, 50.0, dtype=torch.float32).to(CUDA)
     grad = torch.randn(40, 16, 7, 7, generator=g).to(CUDA)
-    outs, grads = [], []
-    for t in (x, x.to(dtype)):
-        t = t.detach().clone().requires_grad_(True)
-        out = roi_align(t, rois, 7, 0.5, 0, True)  # rois stay float32
-        (out.float() * grad).sum().backward()
-        outs.append(out)
-        grads.append(t.grad)
-    assert outs[1].dtype == dtype and grads[1].dtype == dtype
-    tol = 1e-2 if dtype == torch.float16 else 5e-2
-    torch.testing.assert_close(outs[1].float(), outs[0], rtol=tol, atol=tol)
-    torch.testing.assert_close(grads[1].float(), grads[0], rtol=tol, atol=tol)
+    assert_low_precision_close_to_float32(x, rois, grad, dtype)
 
 
 def _peak_bytes_above_current(fn) -> tuple[object, int]:

@@ -174,7 +174,7 @@ def _shift(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return out
 
 
-def _result(image_id: int, category_id: int, mask: np.ndarray, score: float) -> dict:
+def coco_result(image_id: int, category_id: int, mask: np.ndarray, score: float) -> dict:
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     bbox = [float(v) for v in mask_util.toBbox(rle)]
@@ -197,12 +197,12 @@ def _hand_made_results(gt_json: Path) -> list[dict]:
             continue
         mask = _shift(mask_util.decode(ann["segmentation"]), *rng.integers(-2, 3, size=2))
         category = ann["category_id"] if i % 5 else ann["category_id"] % 5 + 1
-        results.append(_result(ann["image_id"], category, mask, float(rng.uniform(0.3, 1.0))))
+        results.append(coco_result(ann["image_id"], category, mask, float(rng.uniform(0.3, 1.0))))
     for img in gt["images"]:
         mask = np.zeros((img["height"], img["width"]), np.uint8)
         x, y = rng.integers(0, img["width"] - 30, size=2)
         mask[y : y + 20, x : x + 25] = 1
-        results.append(_result(img["id"], int(rng.integers(1, 6)), mask, float(rng.uniform(0.0, 0.8))))
+        results.append(coco_result(img["id"], int(rng.integers(1, 6)), mask, float(rng.uniform(0.0, 0.8))))
     return results
 
 

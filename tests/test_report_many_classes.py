@@ -15,8 +15,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_util
 import pytest
+from test_report import coco_result
 
 from d2_maskext.evaluation import report
 from d2_maskext.evaluation.coco_metrics import evaluate_coco_results, load_coco_json
@@ -73,11 +73,11 @@ def write_many_class_split(num_classes: int, folder: Path, seed: int = 0) -> tup
             mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
             mask[y + shift : y + h, x + shift : x + w] = 1
             score = float(np.clip(skill[label] + rng.normal(0, 0.1), 0.05, 1.0))
-            results.append(_result(img_id, int(predicted) + 1, mask, score))
+            results.append(coco_result(img_id, int(predicted) + 1, mask, score))
         spurious = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
         spurious[2:10, 2:10] = 1
         results.append(
-            _result(img_id, int(rng.integers(1, num_classes + 1)), spurious, float(rng.uniform(0, 0.6)))
+            coco_result(img_id, int(rng.integers(1, num_classes + 1)), spurious, float(rng.uniform(0, 0.6)))
         )
         cv2.imwrite(str(folder / file_name), canvas)
     categories = [{"id": k + 1, "name": f"class {k:03d}"} for k in range(num_classes)]
@@ -85,19 +85,6 @@ def write_many_class_split(num_classes: int, folder: Path, seed: int = 0) -> tup
     gt_json.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     predictions_json.write_text(json.dumps(results))
     return predictions_json, gt_json
-
-
-def _result(image_id: int, category_id: int, mask: np.ndarray, score: float) -> dict:
-    rle = mask_util.encode(np.asfortranarray(mask))
-    rle["counts"] = rle["counts"].decode("ascii")
-    bbox = [float(v) for v in mask_util.toBbox(rle)]
-    return {
-        "image_id": image_id,
-        "category_id": category_id,
-        "bbox": bbox,
-        "segmentation": rle,
-        "score": score,
-    }
 
 
 class _ReportStructure(HTMLParser):

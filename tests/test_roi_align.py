@@ -29,6 +29,22 @@ def random_rois(
     return torch.cat([index, boxes], dim=1)
 
 
+def assert_low_precision_close_to_float32(x: torch.Tensor, rois: torch.Tensor, grad: torch.Tensor,
+                                          dtype: torch.dtype) -> None:
+    """roi_align of ``x`` in ``dtype`` (float32 ``rois``) keeps that dtype and is close to float32, both ways."""
+    outs, grads = [], []
+    for t in (x, x.to(dtype)):
+        t = t.detach().clone().requires_grad_(True)
+        out = roi_align(t, rois, 7, 0.5, 0, True)
+        (out.float() * grad).sum().backward()
+        outs.append(out)
+        grads.append(t.grad)
+    assert outs[1].dtype == dtype and grads[1].dtype == dtype
+    tol = 1e-2 if dtype == torch.float16 else 5e-2
+    torch.testing.assert_close(outs[1].float(), outs[0], rtol=tol, atol=tol)
+    torch.testing.assert_close(grads[1].float(), grads[0], rtol=tol, atol=tol)
+
+
 def single_level_reference(x, rois, output_size, scale, sampling_ratio, aligned):
     return reference_roi_align([x], rois, None, output_size, [scale], sampling_ratio, aligned)
 
@@ -167,17 +183,7 @@ def test_low_precision_close_to_float32(dtype):
     x = torch.randn(2, 8, 16, 16, generator=g)
     rois = random_rois(g, 30, 2, 40.0, dtype=torch.float32)
     grad = torch.randn(30, 8, 7, 7, generator=g)
-    outs, grads = [], []
-    for t in (x, x.to(dtype)):
-        t = t.clone().requires_grad_(True)
-        out = roi_align(t, rois, 7, 0.5, 0, True)  # rois stay float32
-        (out.float() * grad).sum().backward()
-        outs.append(out)
-        grads.append(t.grad)
-    assert outs[1].dtype == dtype and grads[1].dtype == dtype
-    tol = 1e-2 if dtype == torch.float16 else 5e-2
-    torch.testing.assert_close(outs[1].float(), outs[0], rtol=tol, atol=tol)
-    torch.testing.assert_close(grads[1].float(), grads[0], rtol=tol, atol=tol)
+    assert_low_precision_close_to_float32(x, rois, grad, dtype)
 
 
 def test_multilevel_pools_each_roi_from_its_level():

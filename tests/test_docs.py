@@ -3,24 +3,16 @@ its links and paths exist."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from train_net_runner import REPO, load_script
+
 PAGES = [REPO / "README.md", REPO / "tests" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
-def _dump_config_keys():
-    spec = importlib.util.spec_from_file_location("dump_config_keys", REPO / "tools" / "dump_config_keys.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_config_keys_page_is_up_to_date():
-    tool = _dump_config_keys()
+    tool = load_script("tools/dump_config_keys.py")
     assert tool.OUTPUT.read_text() == tool.render(tool.CONFIG_SOURCE.read_text()), (
         "docs/config_keys.md is stale: run python tools/dump_config_keys.py"
     )
@@ -71,13 +63,6 @@ def _readme_tool_commands() -> list[list[str]]:
     return commands
 
 
-def _tool_module(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_readme_tool_commands_parse_and_their_configs_load():
     """Every README tool command, dry-run: the tool's own parser accepts its flags, and its config loads
     with its overrides. (The tools themselves run with tiny settings in test_tools, test_predict,
@@ -93,6 +78,6 @@ def test_readme_tool_commands_parse_and_their_configs_load():
             parsed = default_argument_parser().parse_args(args)
             overrides = parsed.opts
         else:
-            parsed = _tool_module(tool).parse_args(args)
+            parsed = load_script(tool).parse_args(args)
             overrides = [*getattr(parsed, "opts", []), *getattr(parsed, "overrides", [])]
         load_config(REPO / parsed.config_file, overrides)

@@ -8,7 +8,6 @@ tests cover a trained one.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import shutil
@@ -23,7 +22,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from pycocotools.coco import COCO
-from train_net_runner import REPO, TINY_CONFIG, tiny_cfg
+from train_net_runner import REPO, TINY_CONFIG, load_script, tiny_cfg
 
 from d2_maskext.engine import Trainer
 from d2_maskext.predict import BatchPredictor, predict
@@ -77,13 +76,6 @@ def _image(seed: int, height: int = 96, width: int = 128) -> np.ndarray:
     return image
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_predict_folder_writes_one_overlay_per_image_and_loadable_results(weights, tmp_path, capsys):
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
@@ -94,7 +86,7 @@ def test_predict_folder_writes_one_overlay_per_image_and_loadable_results(weight
     (images / "notes.txt").write_text("not an image either")
     out = tmp_path / "out"
 
-    _load_tool("predict").main(
+    load_script("tools/predict.py").main(
         ["--config-file", str(TINY_CONFIG), "--input", str(images), "--output", str(out), "--device", "cpu",
          "--score-threshold", "0.0", "--batch-size", "2", *PREDICT_OPTS, "MODEL.WEIGHTS", str(weights)]
     )  # fmt: skip
@@ -226,7 +218,7 @@ def test_demo_flags_without_the_training_data_on_disk(weights, tmp_path, capsys,
         opts = ["MODEL.WEIGHTS", str(weights), "DATASETS.TEST", f'("{VAL}",)', "DATASETS.TRAIN", '("not_on_disk_train",)',
                 "DATASETS.REGISTER", f"[{{'name': 'not_on_disk_train', 'format': 'coco', 'image_root': '{missing}', "
                 f"'annotations': '{missing / 'train.json'}'}}]"]  # fmt: skip
-    tool = _load_tool("predict")
+    tool = load_script("tools/predict.py")
     images_out, video_out = tmp_path / "images_out", tmp_path / "video_out"
 
     tool.main(["--config-file", str(config), "--input", str(tmp_path / "*.png"), "--output", str(images_out),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
-import importlib.util
 import io
 import json
 from html.parser import HTMLParser
@@ -24,7 +23,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from train_net_runner import REPO, tiny_cfg
+from train_net_runner import load_script, tiny_cfg
 
 from d2_maskext.engine import Trainer
 from d2_maskext.evaluation import build_evaluator, write_report
@@ -206,13 +205,6 @@ def _hand_made_results(gt_json: Path) -> list[dict]:
     return results
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_report_from_json_files_equals_pycocotools(val_gt, tmp_path, capsys):
     gt_json, image_root = val_gt
     predictions = tmp_path / "hand_made.json"
@@ -220,7 +212,7 @@ def test_cli_report_from_json_files_equals_pycocotools(val_gt, tmp_path, capsys)
     predictions.write_text(json.dumps(results))
     out = tmp_path / "report"
 
-    _load_tool("eval_report").main(
+    load_script("tools/eval_report.py").main(
         ["--predictions", str(predictions), "--gt", str(gt_json), "--image-root", str(image_root),
          "--output-dir", str(out), "--num-worst", "3", "--score-threshold", "0.4"]
     )  # fmt: skip

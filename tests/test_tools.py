@@ -4,7 +4,6 @@ follows an OUTPUT_DIR override."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -14,7 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 from lazy_tiny import TINY_DEMO_OVERRIDES, TINY_LAZY_CONFIG
 from torch import nn
-from train_net_runner import REPO, TINY_CONFIG, tiny_cfg
+from train_net_runner import REPO, TINY_CONFIG, load_script, tiny_cfg
 
 from d2_maskext.engine.model_analysis import FlopCountAnalysis
 from d2_maskext.layers import FusedROIPooler
@@ -29,13 +28,6 @@ LAZY_OPTS = (
     "dataloader.test.mapper.augmentations.0.max_size=128",
 )
 CONFIGS = {"yaml": (TINY_CONFIG, YAML_OPTS), "lazy": (TINY_LAZY_CONFIG, LAZY_OPTS)}
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class _Pooler(nn.Module):
@@ -60,7 +52,7 @@ def test_roi_align_flops_count_four_taps_per_sample_point(sampling_ratio: int, s
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
 def test_analyze_model_counts_the_fused_pooler(kind: str):
     config, opts = CONFIGS[kind]
-    results = _tool("analyze_model").main(
+    results = load_script("tools/analyze_model.py").main(
         ["--config-file", str(config), "--tasks", "flop", "activation", "parameter", "structure", "-n", "1", *opts]
     )
     assert results["flop"]["roi_align"] > 0 and results["flop"]["conv"] > results["flop"]["roi_align"]
@@ -74,13 +66,13 @@ def test_analyze_model_counts_the_fused_pooler(kind: str):
 def test_benchmark_times_each_task(kind: str, task: str, capsys):
     config, opts = CONFIGS[kind]
     argv = ["--config-file", str(config), "--task", task, "--max-iter", "2", "--warmup", "1", "--num-batches", "1"]
-    seconds = _tool("benchmark").main([*argv, *opts])
+    seconds = load_script("tools/benchmark.py").main([*argv, *opts])
     assert seconds > 0
     assert f"{task}: " in capsys.readouterr().out
 
 
 def test_visualize_annotations_of_a_yaml_config(tmp_path, capsys):
-    count = _tool("visualize_data").main(
+    count = load_script("tools/visualize_data.py").main(
         ["--source", "annotation", "--config-file", str(TINY_CONFIG), "--output-dir", str(tmp_path), "--num-images", "3"]
     )
     assert count == 3 and len(list(tmp_path.glob("*.jpg"))) == 3
@@ -92,7 +84,7 @@ def test_visualize_what_lsj_and_copy_paste_feed_the_model(tmp_path):
     config = REPO / "configs" / "lazy" / "synthetic" / "mapper_copy_paste.py"
     lsj = "dataloader.train.mapper.augmentations"
     opts = [*TINY_DEMO_OVERRIDES, f"{lsj}.1.target_height=96", f"{lsj}.1.target_width=96", f"{lsj}.2.crop_size=[96,96]"]
-    count = _tool("visualize_data").main(
+    count = load_script("tools/visualize_data.py").main(
         ["--source", "dataloader", "--config-file", str(config), "--output-dir", str(tmp_path), "--num-images", "4", *opts]
     )
     images = sorted(tmp_path.glob("*.jpg"))
@@ -104,9 +96,9 @@ def test_tools_name_a_config_they_cannot_read(tmp_path):
     bad = tmp_path / "config.json"
     bad.write_text("{}")
     with pytest.raises(ValueError, match="config.json: a config is a YAML file"):
-        _tool("benchmark").main(["--config-file", str(bad), "--task", "data"])
+        load_script("tools/benchmark.py").main(["--config-file", str(bad), "--task", "data"])
     with pytest.raises(FileNotFoundError, match="no such config file"):
-        _tool("analyze_model").main(["--config-file", str(Path(tmp_path, "missing.yaml")), "--tasks", "structure"])
+        load_script("tools/analyze_model.py").main(["--config-file", str(Path(tmp_path, "missing.yaml")), "--tasks", "structure"])
 
 
 def test_eval_report_of_a_model_reads_no_training_data(tmp_path, capsys):
@@ -117,7 +109,7 @@ def test_eval_report_of_a_model_reads_no_training_data(tmp_path, capsys):
     declared = f"[{{'name': 'absent_train', 'format': 'coco', 'image_root': '{missing}', 'annotations': '{missing}.json'}}]"
     out = tmp_path / "report"
 
-    _tool("eval_report").main(
+    load_script("tools/eval_report.py").main(
         ["--config-file", str(TINY_CONFIG), "--output-dir", str(out), "MODEL.WEIGHTS", str(weights),
          "DATASETS.REGISTER", declared, "DATASETS.TRAIN", '("absent_train",)', "DATASETS.TEST", f'("{VAL}",)']
     )  # fmt: skip
@@ -126,7 +118,7 @@ def test_eval_report_of_a_model_reads_no_training_data(tmp_path, capsys):
 
 
 def test_demo_reads_its_results_where_an_output_dir_override_sends_them():
-    demo = _tool("demo")
+    demo = load_script("tools/demo.py")
     assert demo.output_dir(["SOLVER.MAX_ITER", "100"]) == REPO / "output" / "demo"
     assert demo.output_dir(["OUTPUT_DIR", "output/a", "SEED", "2", "OUTPUT_DIR", "output/b"]) == REPO / "output" / "b"
     assert demo.output_dir(["OUTPUT_DIR", "/tmp/demo"]) == Path("/tmp/demo")

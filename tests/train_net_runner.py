@@ -4,12 +4,14 @@ config object or a ``tools/train_net.py`` subprocess."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import yaml
 from detectron2.config import CfgNode, get_cfg
@@ -84,3 +86,11 @@ def _subprocess_env() -> dict[str, str]:
 def tail(path: Path, chars: int = 4000) -> str:
     """End of a log file, for assertion messages."""
     return path.read_text(errors="replace")[-chars:] if path.exists() else f"<{path} missing>"
+
+
+def load_script(path: str) -> ModuleType:
+    """A repository script such as ``tools/predict.py`` (path relative to the repository), imported as a module."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,6 @@
 """The demo (lazy twin of configs/synthetic/mask_rcnn_R18_FPN_GN_demo.yaml): a ResNet-18 Mask R-CNN with
-GroupNorm everywhere, trained from scratch on CPU on the built-in synthetic dataset, with the fused pooler
-and MaskExtRCNN's fast settings (channels-last, bfloat16; float32 on CPUs without AVX512-BF16/AMX) in
-training and evaluation alike.
+GroupNorm everywhere, trained from scratch on CPU on the built-in synthetic dataset, with the fused pooler,
+bfloat16 autocast in the training loop (float32 on CPUs without AVX512-BF16/AMX) and float32 evaluation.
 
     python tools/lazyconfig_train_net.py --config-file configs/lazy/synthetic/mask_rcnn_R18_FPN_GN_demo.py
 """
@@ -21,7 +20,6 @@ from omegaconf import OmegaConf
 
 from d2_maskext.data.mappers import MaskExtDatasetMapper
 from d2_maskext.modeling import MaskExtRCNN
-from d2_maskext.modeling.precision import parse_precision
 
 from ..common.evaluation import evaluator as _evaluator
 from ..mask_rcnn_R_50_FPN_1x import model, optimizer, train
@@ -54,8 +52,6 @@ _roi_heads.mask_head.conv_dims = [128, 128, 128, 128, 128]
 _roi_heads.mask_head.conv_norm = "GN"
 model.pixel_std = [57.375, 57.120, 58.395]  # trained from scratch: ImageNet's std, not absorbed in conv1
 model._target_ = MaskExtRCNN
-model.channels_last = True
-model.precision = L(parse_precision)(name="bfloat16")
 
 dataloader = OmegaConf.create()
 dataloader.train = L(build_detection_train_loader)(
@@ -100,4 +96,5 @@ train.checkpointer.period = 200
 train.clip_gradients = dict(enabled=True, clip_type="norm", clip_value=5.0, norm_type=2.0)
 train.eval_period = 0  # evaluate once, at the end
 train.seed = 1
+train.amp.enabled = True
 train.output_dir = "output/demo_lazy"

@@ -32,8 +32,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import SafeCheckpointer
-from .data.formats.image_files import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
 from .evaluation.coco_metrics import load_coco_json
+from .utils.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.env import seed_all_rng
 from train_net_runner import REPO, tiny_cfg
 
-from d2_maskext.data.formats.image_files import read_image
 from d2_maskext.engine import Trainer
 from d2_maskext.modeling import precision
 from d2_maskext.modeling.meta_arch import MaskExtRCNN
+from d2_maskext.utils.image_io import read_image
 
 FAST = ("MODEL.META_ARCHITECTURE", "MaskExtRCNN", "MODEL.MASKEXT.CHANNELS_LAST", "True",
         "MODEL.MASKEXT.PRECISION", "bfloat16")

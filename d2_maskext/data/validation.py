@@ -16,9 +16,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from tqdm import tqdm
 
+from ..utils.image_io import decoded_size
 from .formats import ImageReadError, ProblemLog, Severity, load_dataset
 from .formats.base import check_record_list, clean_polygons, is_int
-from .formats.image_files import decoded_size
 from .registration import registered_source
 from .synthetic import is_synthetic
 

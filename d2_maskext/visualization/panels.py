@@ -10,7 +10,7 @@ import numpy as np
 from detectron2.utils.visualizer import Visualizer
 from pycocotools.coco import COCO
 
-from ..data.formats.image_files import ImageReadError, read_image
+from ..utils.image_io import ImageReadError, read_image
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ name. Importing this package registers the built-in formats.
 
 from __future__ import annotations
 
+from ...utils.image_io import ImageReadError, read_image
 from . import coco, labelme, mask_png, voc, yolo  # noqa: F401  (registration happens on import)
 from .base import DatasetSource, LoadedDataset, dataset_format, format_names, load_dataset
-from .image_files import ImageReadError, read_image
 from .problems import PROBLEM_KINDS, DatasetError, ProblemLog, Severity
 
 __all__ = [

@@ -20,8 +20,8 @@ import pycocotools.mask as mask_util
 import yaml
 from detectron2.structures import BoxMode
 
+from ...utils.image_io import ImageReadError, image_size, list_images
 from ...utils.rle import mask_to_rle
-from .image_files import ImageReadError, image_size, list_images
 from .problems import DatasetError, ProblemLog
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from detectron2.structures import polygons_to_bitmask
 from tqdm import tqdm
 
+from ...utils.image_io import ImageReadError, decode_label_png
 from .base import (
     DatasetSource,
     LoadedDataset,
@@ -38,7 +39,6 @@ from .base import (
     read_json,
     resolve_inside_root,
 )
-from .image_files import ImageReadError, decode_label_png
 from .problems import ProblemLog
 
 SHAPE_TYPES = ("polygon", "rectangle", "circle", "mask")

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ...utils.image_io import ImageReadError, read_label_png
 from .base import (
     DatasetSource,
     LoadedDataset,
@@ -34,7 +35,6 @@ from .base import (
     read_class_names,
     read_json,
 )
-from .image_files import ImageReadError, read_label_png
 from .problems import DatasetError, ProblemLog
 
 

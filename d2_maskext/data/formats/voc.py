@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ...utils.image_io import IMAGE_EXTENSIONS
 from .base import (
     DatasetSource,
     LoadedDataset,
@@ -25,7 +26,6 @@ from .base import (
     mask_annotation,
     read_class_names,
 )
-from .image_files import IMAGE_EXTENSIONS
 from .labelme import IGNORE_LABEL
 from .mask_png import read_sized_label_png
 from .problems import DatasetError, ProblemLog

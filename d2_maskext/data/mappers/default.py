@@ -17,7 +17,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..formats.image_files import ImageReadError, read_image
+from ...utils.image_io import ImageReadError, read_image
 from .arrays import ContiguousAugInput, apply_contiguous, decode_rle, image_to_tensor
 from .bad_images import BadImageCounter
 from .photometric import build_photometric_augmentation

@@ -19,6 +19,7 @@ def add_maskext_config(cfg: CN) -> CN:
     _add_data_config(cfg)
     _add_eval_config(cfg)
     _add_reliability_config(cfg)
+    _add_tiling_config(cfg)
     return cfg
 
 
@@ -138,3 +139,24 @@ def _add_reliability_config(cfg: CN) -> None:
     # arrays and containers only). True also unpickles arbitrary Python objects, which can run code: set it
     # only for files from a source you trust (e.g. legacy checkpoints holding custom classes).
     cfg.CHECKPOINT.ALLOW_UNSAFE_PICKLE = False
+
+
+def _add_tiling_config(cfg: CN) -> None:
+    """Tiled inference of ``MaskExtRCNN`` on large scenes (docs/large_images.md): tiles are cut from the
+    full-resolution image (needs ``INPUT.MIN_SIZE_TEST: 0``) and detections merged across tiles by mask overlap."""
+    cfg.MODEL.MASKEXT.TILING = CN()
+    cfg.MODEL.MASKEXT.TILING.SIZE = 0  # tile side in input pixels; 0 = whole-image inference (stock)
+    cfg.MODEL.MASKEXT.TILING.OVERLAP = 0.2  # overlap of neighbouring tiles, as a fraction of SIZE
+    # Each tile's own test-time resize (shortest edge, longest-edge cap); 0 = the tile runs as cut.
+    cfg.MODEL.MASKEXT.TILING.MIN_SIZE_TEST = 0
+    cfg.MODEL.MASKEXT.TILING.MAX_SIZE_TEST = 0
+    cfg.MODEL.MASKEXT.TILING.BATCH_SIZE = 4  # tiles per backbone batch
+    # Also run the whole image downscaled to SIZE, keeping its objects larger than the overlap.
+    cfg.MODEL.MASKEXT.TILING.WHOLE_IMAGE_PASS = False
+    # Same-class detections of different tiles are one object when their masks overlap this much: "ios"
+    # (intersection over the smaller mask) or "iou", counted where both tiles saw the scene.
+    cfg.MODEL.MASKEXT.TILING.MERGE_METRIC = "ios"
+    cfg.MODEL.MASKEXT.TILING.MERGE_THRESHOLD = 0.5
+    cfg.MODEL.MASKEXT.TILING.MAX_DETECTIONS = 1000  # per image, after merging
+    # Masks as compressed COCO RLEs in the Instances field "pred_masks_rle" instead of image-size pred_masks.
+    cfg.MODEL.MASKEXT.TILING.RLE_OUTPUT = False

@@ -273,3 +273,66 @@ def register_builtin_synthetic() -> None:
     for name, spec in BUILTIN_SYNTHETIC.items():
         if name not in DatasetCatalog.list():
             register_synthetic(name, spec)
+
+
+# --------------------------------------------------------------------------------------- large mosaics
+def mosaic_scene(
+    spec: SyntheticSpec, grid: tuple[int, int], first: int = 0, image_id: int = 0, with_annotations: bool = True
+) -> tuple[np.ndarray, list[dict]]:
+    """A ``rows x cols`` mosaic of the split's images ``first, first + 1, ...`` (cycling through the split) at
+    native size, and its COCO annotations in mosaic pixels (empty without ``with_annotations``).
+
+    Tiled inference is measured on these: objects keep the size the model was trained on, while the scene
+    is far larger than the model's input size.
+    """
+    rows, cols = grid
+    s = spec.image_size
+    scene = np.empty((rows * s, cols * s, 3), np.uint8)
+    annotations: list[dict] = []
+    canvas = np.zeros(scene.shape[:2], np.uint8) if with_annotations else None
+    generated: dict[int, tuple[np.ndarray, list[dict]]] = {}
+    for cell in range(rows * cols):
+        index = (first + cell) % spec.num_images
+        if index not in generated:
+            generated[index] = generate_image(spec, index)
+        image, anns = generated[index]
+        y, x = (cell // cols) * s, (cell % cols) * s
+        scene[y : y + s, x : x + s] = image
+        for ann in anns if canvas is not None else ():
+            canvas[y : y + s, x : x + s] = ann["mask"]
+            annotations.append(
+                mask_to_coco_annotation(canvas, ann["category_id"] + 1, len(annotations) + 1, image_id)
+            )
+            canvas[y : y + s, x : x + s] = 0
+    return scene, annotations
+
+
+def ensure_mosaics(spec: SyntheticSpec, grid: tuple[int, int], root: Path | None = None) -> Path:
+    """Write (once, cached) the split as ``num_images // (rows * cols)`` mosaics of :func:`mosaic_scene`
+    (a remainder of images is left out) with a COCO JSON, and return the JSON path."""
+    rows, cols = grid
+    per_scene = rows * cols
+    out = (root or default_root()) / f"{spec.cache_name()}_mosaic{rows}x{cols}"
+    json_path = out / "annotations.json"
+    if json_path.is_file():
+        return json_path
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for image_id in tqdm(range(spec.num_images // per_scene), desc="building mosaics", unit="scene", leave=False):
+        scene, anns = mosaic_scene(spec, grid, first=image_id * per_scene, image_id=image_id)
+        file_name = f"{image_id:06d}.png"
+        ok, png = cv2.imencode(".png", scene)
+        if not ok:  # pragma: no cover - cv2 always encodes uint8 BGR
+            raise RuntimeError(f"could not encode mosaic {image_id}")
+        _write_bytes(out / "images" / file_name, png.tobytes())
+        images.append({"id": image_id, "file_name": file_name, "height": scene.shape[0], "width": scene.shape[1]})
+        for ann in anns:
+            annotations.append({**ann, "id": len(annotations) + 1})
+    coco = {
+        "info": {"description": "d2_maskext synthetic mosaics", "spec": asdict(spec), "grid": [rows, cols]},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SYNTHETIC_CLASSES)],
+    }
+    _write_bytes(json_path, json.dumps(coco).encode())
+    return json_path

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..layers import fuse_convolutions
 from ..layers.paste_masks import paste_masks
 from .precision import ComputeSettings, parse_precision, prepare_for_autocast, resolve_compute_settings
+from .tiling import TilingSettings, check_tile_size, tiled_inference, tiling_from_config
 
 __all__ = ["MaskExtRCNN"]
 
@@ -78,8 +79,18 @@ class MaskExtRCNN(GeneralizedRCNN):
     """
 
     @configurable
-    def __init__(self, *, channels_last: bool = False, precision: torch.dtype = torch.float32, **kwargs):
+    def __init__(
+        self,
+        *,
+        channels_last: bool = False,
+        precision: torch.dtype = torch.float32,
+        tiling: TilingSettings | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        if tiling is not None:
+            check_tile_size(tiling, self.backbone)
+        self.tiling = tiling
         self.channels_last = channels_last
         self.precision = precision
         if channels_last:
@@ -98,6 +109,7 @@ class MaskExtRCNN(GeneralizedRCNN):
         ret = super().from_config(cfg)
         ret["channels_last"] = cfg.MODEL.MASKEXT.CHANNELS_LAST
         ret["precision"] = parse_precision(cfg.MODEL.MASKEXT.PRECISION)
+        ret["tiling"] = tiling_from_config(cfg)
         return ret
 
     def _submodule_or_none(self, name: str) -> nn.Module | None:
@@ -134,6 +146,8 @@ class MaskExtRCNN(GeneralizedRCNN):
         detected_instances: list[Instances] | None = None,
         do_postprocess: bool = True,
     ):
+        if self.tiling is not None and detected_instances is None:
+            return tiled_inference(self, batched_inputs, self.tiling, do_postprocess)
         with self._autocast():
             results = super().inference(batched_inputs, detected_instances, do_postprocess=False)
         results = [_instances_to_float32(r) for r in results]

@@ -24,8 +24,9 @@ from detectron2.config import get_cfg
 from detectron2.solver import build_optimizer
 from tqdm import tqdm
 
+from d2_maskext.checkpoint import SafeCheckpointer
 from d2_maskext.config import add_maskext_config
-from d2_maskext.engine import SafeCheckpointer, Trainer
+from d2_maskext.engine import Trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "Base-Synthetic-R18-GN.yaml"
 

@@ -28,7 +28,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from torch import Tensor, nn
 
-from d2_maskext.engine.config_loading import LoadedConfig, load_config
+from d2_maskext.cli.config_loading import LoadedConfig, load_config
 from d2_maskext.evaluation import build_evaluator
 from d2_maskext.export import FORMATS, ExportedMaskRCNN, ExportRequest, InputRules, export_model
 from d2_maskext.export.runtime import model_input, read_image

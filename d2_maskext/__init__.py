@@ -28,7 +28,8 @@ from .modeling import MaskExtROIHeads
 
 if TYPE_CHECKING:
     from .checkpoint import SafeCheckpointer, UntrustedCheckpointError
-    from .engine import Trainer, setup_cfg
+    from .cli import setup_cfg
+    from .engine import Trainer
     from .evaluation.report import ReportOptions, write_report, write_report_from_files
     from .predict import BatchPredictor
 
@@ -40,7 +41,7 @@ _LAZY_NAMES: dict[str, str] = {
     "SafeCheckpointer": "checkpoint",
     "UntrustedCheckpointError": "checkpoint",
     "Trainer": "engine",
-    "setup_cfg": "engine",
+    "setup_cfg": "cli",
     "ReportOptions": "evaluation.report",
     "write_report": "evaluation.report",
     "write_report_from_files": "evaluation.report",

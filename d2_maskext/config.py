@@ -7,6 +7,7 @@ touched), so stock configs keep their exact behaviour unless they select a plugi
 from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
+from omegaconf import DictConfig, OmegaConf
 
 
 def add_maskext_config(cfg: CN) -> CN:
@@ -160,3 +161,12 @@ def _add_tiling_config(cfg: CN) -> None:
     cfg.MODEL.MASKEXT.TILING.MAX_DETECTIONS = 1000  # per image, after merging
     # Masks as compressed COCO RLEs in the Instances field "pred_masks_rle" instead of image-size pred_masks.
     cfg.MODEL.MASKEXT.TILING.RLE_OUTPUT = False
+
+
+def lazy_dataset_names(cfg: DictConfig, split: str) -> list[str]:
+    """The dataset names of a LazyConfig's ``dataloader.<split>.dataset.names`` (one name or several) as a
+    list; empty when the config has none."""
+    names = OmegaConf.select(cfg, f"dataloader.{split}.dataset.names")
+    if names is None:
+        return []
+    return [names] if isinstance(names, str) else list(names)

@@ -69,7 +69,7 @@ def test_readme_tool_commands_parse_and_their_configs_load():
     test_lazy_configs and the train_net tests.)"""
     from detectron2.engine import default_argument_parser
 
-    from d2_maskext.engine.config_loading import load_config
+    from d2_maskext.cli.config_loading import load_config
 
     commands = _readme_tool_commands()
     assert {c[0] for c in commands} >= {"tools/train_net.py", "tools/lazyconfig_train_net.py", "tools/predict.py"}

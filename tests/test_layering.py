@@ -1,5 +1,6 @@
-"""The package is layered like Detectron2: ``engine`` may import everything else, nothing imports ``engine``,
-and no two of the package's modules import each other, directly or through others.
+"""The package is layered like Detectron2, from the foundations up to the command-line tools: ``LAYERS`` lists
+every top-level module and package of d2_maskext with the others it may import, and no two of the package's
+modules import each other, directly or through others.
 
 Imports are read from the source (``ast``), function-level ones included, so an import hidden inside a
 function to dodge a cycle at load time still counts.
@@ -13,8 +14,29 @@ from pathlib import Path
 import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "d2_maskext"
-LOWER_LAYERS = ("layers", "modeling", "data", "evaluation", "checkpoint", "utils", "visualization", "predict")
+PACKAGE = PACKAGE_ROOT.name  # the package's own __init__: the public names, imported lazily from every layer
 COMPILED_MODULES = frozenset({"d2_maskext._C"})  # built by setup.py; imports nothing of the package
+
+_FOUNDATION = frozenset({"_compat", "config", "utils"})
+_LIBRARY = _FOUNDATION | {"layers", "modeling", "data", "visualization", "checkpoint", "evaluation"}
+# Top-level module or package -> the top-level ones it may import. Lower layers never import higher ones:
+# nothing but the tools' helpers (cli) imports the engine, and nothing imports cli.
+LAYERS: dict[str, frozenset[str]] = {
+    "_compat": frozenset(),  # the Detectron2 check, run before anything else is imported
+    "config": frozenset(),  # every config key, with its default
+    "utils": frozenset({"_compat"}),  # image reading, atomic files, RLE
+    "layers": frozenset({"_compat", "utils"}),  # RoIAlign, fused pooler and convolutions, mask pasting
+    "visualization": frozenset({"_compat", "utils"}),
+    "checkpoint": frozenset({"_compat", "utils"}),
+    "data": _FOUNDATION,  # dataset formats, registration, validation, mappers
+    "modeling": _FOUNDATION | {"layers"},  # meta-architecture, ROI heads, precision, tiling
+    "export": _FOUNDATION | {"layers", "modeling"},
+    "evaluation": _FOUNDATION | {"data", "visualization"},  # COCO evaluator, Boundary AP, the report
+    "predict": _LIBRARY,
+    "engine": _LIBRARY | {"predict", "export"},  # training
+    "cli": _LIBRARY | {"predict", "export", "engine"},  # what the command-line tools share
+    PACKAGE: _LIBRARY | {"predict", "export", "engine", "cli"},
+}
 
 
 def _module_name(path: Path) -> str:
@@ -60,9 +82,36 @@ def import_graph() -> dict[str, set[str]]:
     return {name: _imported_modules(name, path, modules) for name, path in modules.items()}
 
 
-def _layer(module: str) -> str | None:
+def _layer(module: str) -> str:
+    """The top-level module or package of d2_maskext that ``module`` belongs to."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else None
+    return parts[1] if len(parts) > 1 else PACKAGE
+
+
+def _top_level_layers() -> set[str]:
+    """Every top-level module and package in the source tree, and the package itself."""
+    children = {p.stem for p in PACKAGE_ROOT.glob("*.py") if p.name != "__init__.py"}
+    children |= {p.parent.name for p in PACKAGE_ROOT.glob("*/__init__.py")}
+    return children | {PACKAGE}
+
+
+def _layer_violations(graph: dict[str, set[str]], layers: dict[str, frozenset[str]]) -> list[str]:
+    """Imports the layer table does not allow, and modules of layers it does not list."""
+    problems = []
+    for module in sorted(graph):
+        layer = _layer(module)
+        if layer not in layers:
+            problems.append(
+                f"{module}: top-level '{layer}' is not in the layer table; add it to LAYERS in "
+                "tests/test_layering.py with the layers it may import"
+            )
+            continue
+        problems.extend(
+            f"{module} -> {target}: '{layer}' may not import '{_layer(target)}'"
+            for target in sorted(graph[module])
+            if _layer(target) != layer and _layer(target) not in layers[layer]
+        )
+    return problems
 
 
 def test_the_graph_sees_the_package(import_graph: dict[str, set[str]]) -> None:
@@ -70,15 +119,32 @@ def test_the_graph_sees_the_package(import_graph: dict[str, set[str]]) -> None:
     assert "d2_maskext.checkpoint" in import_graph["d2_maskext.engine.trainer"]
 
 
-def test_nothing_below_the_engine_imports_it(import_graph: dict[str, set[str]]) -> None:
-    offending = sorted(
-        f"{module} -> {target}"
-        for module, targets in import_graph.items()
-        if _layer(module) in LOWER_LAYERS
-        for target in targets
-        if _layer(target) == "engine"
-    )
-    assert not offending, f"lower layers import d2_maskext.engine: {offending}"
+def test_the_table_lists_every_top_level_module() -> None:
+    on_disk = _top_level_layers()
+    missing = sorted(on_disk - LAYERS.keys())
+    assert not missing, f"{missing}: add each to LAYERS in tests/test_layering.py with the layers it may import"
+    assert not LAYERS.keys() - on_disk, f"LAYERS lists modules that no longer exist: {sorted(LAYERS.keys() - on_disk)}"
+
+
+def test_imports_follow_the_layer_table(import_graph: dict[str, set[str]]) -> None:
+    problems = _layer_violations(import_graph, LAYERS)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_layer_table_has_no_cycle() -> None:
+    table = {layer: set(allowed) for layer, allowed in LAYERS.items()}
+    cycle = _find_cycle(table)
+    assert cycle is None, "layers allowed to import each other: " + " -> ".join(cycle or [])
+
+
+def test_a_module_outside_the_table_is_named() -> None:
+    graph = {"d2_maskext.newpart.x": {"d2_maskext.utils"}, "d2_maskext.utils": {"d2_maskext.engine.trainer"}}
+    problems = _layer_violations(graph, {"utils": frozenset(), "engine": frozenset({"utils"})})
+    assert problems == [
+        "d2_maskext.newpart.x: top-level 'newpart' is not in the layer table; add it to LAYERS in "
+        "tests/test_layering.py with the layers it may import",
+        "d2_maskext.utils -> d2_maskext.engine.trainer: 'utils' may not import 'engine'",
+    ]
 
 
 def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:

@@ -330,7 +330,8 @@ def test_decompression_bomb_skipped_by_mapper(synthetic, monkeypatch, caplog):
 def test_training_with_declared_dataset_copy_paste_and_a_corrupt_image(tmp_path, caplog):
     """End to end: a dataset declared in the config only, copy-paste + photometric, a file corrupted after
     registration; three iterations must run and the skip must be logged."""
-    from d2_maskext.engine import Trainer, setup_cfg
+    from d2_maskext.cli import setup_cfg
+    from d2_maskext.engine import Trainer
 
     images, annotations = write_colored_dataset(tmp_path / "data")
     (images / "img1.png").write_bytes(b"not an image")

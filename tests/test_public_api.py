@@ -19,7 +19,8 @@ def test_every_public_name_resolves():
 
 def test_lazy_names_are_the_modules_own_objects():
     from d2_maskext.checkpoint import SafeCheckpointer
-    from d2_maskext.engine import Trainer, setup_cfg
+    from d2_maskext.cli import setup_cfg
+    from d2_maskext.engine import Trainer
     from d2_maskext.evaluation.report import write_report
 
     assert d2_maskext.Trainer is Trainer

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from test_report import coco_result
 
-from d2_maskext.evaluation import report
 from d2_maskext.evaluation.coco_metrics import evaluate_coco_results, load_coco_json
 from d2_maskext.evaluation.confusion import ConfusionMatrix
 from d2_maskext.evaluation.plots import pr_curve_figure
 from d2_maskext.evaluation.report import ReportOptions, write_report_from_files
+from d2_maskext.evaluation.report import metric_sections as report
 
 IMAGE_SIZE = 64
 INSTANCES_PER_CLASS = 3

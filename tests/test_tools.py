@@ -15,7 +15,7 @@ from lazy_tiny import TINY_DEMO_OVERRIDES, TINY_LAZY_CONFIG
 from torch import nn
 from train_net_runner import REPO, TINY_CONFIG, load_script, tiny_cfg
 
-from d2_maskext.engine.model_analysis import FlopCountAnalysis
+from d2_maskext.cli.model_analysis import FlopCountAnalysis
 from d2_maskext.layers import FusedROIPooler
 
 VAL = "maskext_synth_tiny_val"

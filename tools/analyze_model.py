@@ -25,8 +25,8 @@ from detectron2.utils.logger import setup_logger
 from fvcore.nn import flop_count_table, parameter_count_table
 from torch import nn
 
-from d2_maskext.engine.config_loading import LoadedConfig, load_config
-from d2_maskext.engine.model_analysis import FlopCountAnalysis
+from d2_maskext.cli.config_loading import LoadedConfig, load_config
+from d2_maskext.cli.model_analysis import FlopCountAnalysis
 
 TASKS = ("flop", "activation", "parameter", "structure")
 logger = logging.getLogger("d2_maskext.analyze_model")

@@ -26,7 +26,7 @@ from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
-from d2_maskext.engine.config_loading import LoadedConfig, load_config
+from d2_maskext.cli.config_loading import LoadedConfig, load_config
 from d2_maskext.engine.trainer import training_loop_class
 
 TASKS = ("train", "eval", "data")

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from detectron2.utils.logger import setup_logger
 
-from d2_maskext.engine.config_loading import is_lazy_config, load_config
+from d2_maskext.cli.config_loading import is_lazy_config, load_config
 from d2_maskext.evaluation import ReportOptions, write_report, write_report_from_files
 
 

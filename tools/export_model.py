@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from detectron2.utils.logger import setup_logger
 
-from d2_maskext.engine.config_loading import load_config
+from d2_maskext.cli.config_loading import load_config
 from d2_maskext.export import (
     EXPORT_METHODS,
     FORMATS,

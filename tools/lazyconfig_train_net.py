@@ -9,8 +9,20 @@ training parts (d2_maskext/engine/lazy_training.py).
 
 from __future__ import annotations
 
-from d2_maskext.engine.launching import launch_from_command_line
-from d2_maskext.engine.lazy_training import lazy_main
+from argparse import Namespace
+
+from d2_maskext.cli import setup_lazy_config
+from d2_maskext.cli.launching import launch_from_command_line
+from d2_maskext.engine.lazy_training import lazy_evaluate, lazy_train
+
+
+def main(args: Namespace) -> dict | None:
+    cfg = setup_lazy_config(args)
+    if args.eval_only:
+        return lazy_evaluate(cfg, resume=args.resume)
+    lazy_train(cfg, resume=args.resume)
+    return None
+
 
 if __name__ == "__main__":
-    launch_from_command_line(lazy_main)
+    launch_from_command_line(main)

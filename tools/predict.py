@@ -18,7 +18,7 @@ from argparse import Namespace
 
 from detectron2.utils.logger import setup_logger
 
-from d2_maskext.engine.config_loading import is_lazy_config, load_config
+from d2_maskext.cli.config_loading import is_lazy_config, load_config
 from d2_maskext.predict import BatchPredictor, predict
 
 SCORE_THRESHOLD_KEYS = {False: "MODEL.ROI_HEADS.SCORE_THRESH_TEST", True: "model.roi_heads.box_predictor.test_score_thresh"}

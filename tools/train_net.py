@@ -12,17 +12,16 @@ from argparse import Namespace
 
 from detectron2.evaluation import verify_results
 
-from d2_maskext.checkpoint import SafeCheckpointer
-from d2_maskext.engine import Trainer, setup_cfg
-from d2_maskext.engine.launching import launch_from_command_line
+from d2_maskext.cli import setup_cfg
+from d2_maskext.cli.launching import launch_from_command_line
+from d2_maskext.engine import Trainer
 
 
 def main(args: Namespace):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        checkpointer = SafeCheckpointer.from_config(cfg, model)
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         verify_results(cfg, results)
         return results

@@ -24,7 +24,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
-from d2_maskext.engine.config_loading import LoadedConfig, load_config
+from d2_maskext.cli.config_loading import LoadedConfig, load_config
 
 DEFAULT_DATALOADER_IMAGES = 50  # the training loader never ends
 

@@ -1,11 +1,7 @@
-"""Training entry points: the trainer, its hooks and the config set-up of the command-line tools.
+"""Training: the YAML config's trainer, its hooks, LazyConfig training, and bfloat16 autocast in the CPU
+training loop. The command-line tools' set-up lives one layer up, in :mod:`d2_maskext.cli`."""
 
-``SafeCheckpointer`` and ``UntrustedCheckpointError`` live in :mod:`d2_maskext.checkpoint`; they are
-re-exported here because earlier releases defined them in this package.
-"""
-
-from ..checkpoint import SafeCheckpointer, UntrustedCheckpointError
 from .hooks import OptimizerStepCounter
-from .trainer import Trainer, setup_cfg
+from .trainer import Trainer
 
-__all__ = ["OptimizerStepCounter", "SafeCheckpointer", "Trainer", "UntrustedCheckpointError", "setup_cfg"]
+__all__ = ["OptimizerStepCounter", "Trainer"]

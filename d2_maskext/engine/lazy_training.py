@@ -16,25 +16,23 @@ Keys a plugin lazy config adds to Detectron2's ``common/train.py``::
 from __future__ import annotations
 
 import logging
-from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
 import torch
-from detectron2.config import CfgNode, LazyConfig, instantiate
+from detectron2.config import CfgNode, instantiate
 from detectron2.data import MetadataCatalog
-from detectron2.engine import create_ddp_model, default_setup, default_writers, hooks
+from detectron2.engine import create_ddp_model, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..checkpoint import SafeCheckpointer
+from ..config import lazy_dataset_names
 from ..evaluation.coco_metrics import load_results_json, result_tasks
 from ..evaluation.report import ReportOptions, build_report, dataset_ground_truth
-from .config_loading import dataset_name_list
 from .hooks import OptimizerStepCounter
 from .trainer import ddp_device_ids, training_loop_class
 
@@ -48,15 +46,6 @@ def _select(cfg: DictConfig, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def setup_lazy_config(args: Namespace) -> DictConfig:
-    """``--config-file`` loaded with its ``key=value`` overrides; Detectron2's ``default_setup`` applied."""
-    cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
-    default_setup(cfg, args)
-    setup_logger(_select(cfg, "train.output_dir", None), distributed_rank=comm.get_rank(), name="d2_maskext")
-    return cfg
-
-
 def build_lazy_model(cfg: DictConfig) -> nn.Module:
     """``cfg.model`` instantiated on ``train.device``."""
     return instantiate(cfg.model).to(torch.device(_select(cfg, "train.device", "cpu")))
@@ -65,10 +54,7 @@ def build_lazy_model(cfg: DictConfig) -> nn.Module:
 def check_dataset_classes(cfg: DictConfig) -> None:
     """The model's class count must equal each dataset's number of classes (known once loaded)."""
     num_classes = OmegaConf.select(cfg, "model.roi_heads.num_classes")
-    names = [
-        *dataset_name_list(OmegaConf.select(cfg, "dataloader.train.dataset.names")),
-        *dataset_name_list(OmegaConf.select(cfg, "dataloader.test.dataset.names")),
-    ]
+    names = [*lazy_dataset_names(cfg, "train"), *lazy_dataset_names(cfg, "test")]
     for name in dict.fromkeys(names):
         classes = MetadataCatalog.get(name).get("thing_classes")
         if num_classes is not None and classes is not None and len(classes) != num_classes:
@@ -123,7 +109,7 @@ def _write_report(cfg: DictConfig) -> None:
     report = dict(_select(cfg, "train.report", {}))
     if not report.pop("enabled", False):
         return
-    dataset_name = dataset_name_list(cfg.dataloader.test.dataset.names)[0]
+    dataset_name = lazy_dataset_names(cfg, "test")[0]
     results_file = Path(str(cfg.dataloader.evaluator.output_dir)) / RESULTS_FILE
     output_dir = Path(_select(cfg, "train.output_dir", "./output")) / "report"
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -179,22 +165,11 @@ def lazy_evaluate(cfg: DictConfig, resume: bool) -> dict:
     return lazy_test(cfg, model)
 
 
-def lazy_main(args: Namespace) -> dict | None:
-    """What ``tools/lazyconfig_train_net.py`` runs in every process ``launch`` starts."""
-    cfg = setup_lazy_config(args)
-    if args.eval_only:
-        return lazy_evaluate(cfg, resume=args.resume)
-    lazy_train(cfg, resume=args.resume)
-    return None
-
-
 __all__ = [
     "build_lazy_model",
     "check_dataset_classes",
     "lazy_checkpointer",
     "lazy_evaluate",
-    "lazy_main",
     "lazy_test",
     "lazy_train",
-    "setup_lazy_config",
 ]

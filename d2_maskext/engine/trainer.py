@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from argparse import Namespace
+from collections.abc import Iterable
+from typing import Any
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
@@ -18,7 +19,6 @@ from detectron2.engine import (
     SimpleTrainer,
     TrainerBase,
     create_ddp_model,
-    default_setup,
 )
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
@@ -26,8 +26,6 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from ..checkpoint import SafeCheckpointer
-from ..config import add_maskext_config
-from ..data import prepare_datasets
 from ..data.mappers import build_mapper
 from ..evaluation import build_evaluator
 from .cpu_amp import CPUAutocastTrainer
@@ -70,26 +68,41 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode) -> None:
-        """``DefaultTrainer.__init__`` with the two changes it offers no hook for.
+        """``DefaultTrainer``'s set-up from its builders, with the two steps it builds inline and offers no
+        builder for: the training loop (:meth:`build_training_loop`) and the checkpointer
+        (:meth:`build_checkpointer`).
 
         Detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]``, which torch rejects for
-        CPU models, so stock ``--num-gpus 2`` fails on CPU; and its checkpointer is built inline.
+        CPU models, so stock ``DefaultTrainer`` with ``--num-gpus 2`` fails on CPU.
         """
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # setup_logger not called for d2
             setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False, device_ids=ddp_device_ids(model))
-        self._trainer = training_loop_class(cfg.SOLVER.AMP.ENABLED, model)(model, data_loader, optimizer)
+        self._trainer = self.build_training_loop(cfg, model, self.build_train_loader(cfg), optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = SafeCheckpointer.from_config(cfg, model, trainer=weakref.proxy(self))
+        self.checkpointer = self.build_checkpointer(cfg, self._trainer.model, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_training_loop(
+        cls, cfg: CfgNode, model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer
+    ) -> SimpleTrainer:
+        """The loop of :func:`training_loop_class` around ``model``, wrapped for distributed training on CPU
+        and GPU alike."""
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=ddp_device_ids(model))
+        return training_loop_class(cfg.SOLVER.AMP.ENABLED, model)(model, data_loader, optimizer)
+
+    @classmethod
+    def build_checkpointer(cls, cfg: CfgNode, model: nn.Module, **checkpointables: Any) -> SafeCheckpointer:
+        """Checkpoints in ``cfg.OUTPUT_DIR``, written atomically and loaded weights-only unless
+        ``CHECKPOINT.ALLOW_UNSAFE_PICKLE``; also what ``--eval-only`` loads the weights with."""
+        return SafeCheckpointer.from_config(cfg, model, **checkpointables)
 
     def build_hooks(self) -> list[HookBase | None]:
         return [OptimizerStepCounter(), *super().build_hooks()]
@@ -117,15 +130,3 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
         DatasetCatalog.get(dataset_name)  # generated/validated datasets exist before the evaluator reads them
         return build_evaluator(cfg, dataset_name, output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
-
-
-def setup_cfg(args: Namespace) -> CfgNode:
-    """Build the frozen config from ``--config-file`` and trailing ``opts``; register declared datasets."""
-    cfg = get_cfg()
-    add_maskext_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    prepare_datasets(cfg)
-    default_setup(cfg, args)
-    return cfg

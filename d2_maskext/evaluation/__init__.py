@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .evaluator import build_evaluator
+from .coco_evaluator import build_evaluator
 
 _REPORT_NAMES = frozenset({"ReportOptions", "write_report", "write_report_from_files"})
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..checkpoint import SafeCheckpointer
-from ..config import add_maskext_config
+from ..config import add_maskext_config, lazy_dataset_names
 from ..data import prepare_datasets, register_declared_datasets, registered_source
 from ..data.mappers import build_mapper
 
@@ -65,13 +65,6 @@ def parse_overrides(opts: Sequence[str]) -> list[tuple[str, str]]:
             raise ValueError(f"config override {item!r} has no key")
         pairs.append((key, value))
     return pairs
-
-
-def dataset_name_list(names: str | Sequence[str] | None) -> list[str]:
-    """A LazyConfig ``dataset.names`` (one name or several) as a list."""
-    if names is None:
-        return []
-    return [names] if isinstance(names, str) else list(names)
 
 
 @dataclass
@@ -124,14 +117,14 @@ class LoadedConfig:
     @property
     def train_dataset_names(self) -> list[str]:
         if self.is_lazy:
-            return dataset_name_list(OmegaConf.select(self.config, "dataloader.train.dataset.names"))
+            return lazy_dataset_names(self.config, "train")
         return list(self.config.DATASETS.TRAIN)
 
     @property
     def test_dataset_name(self) -> str | None:
         """The first test dataset, whose metadata names the model's classes; None if the config has none."""
         if self.is_lazy:
-            names = dataset_name_list(OmegaConf.select(self.config, "dataloader.test.dataset.names"))
+            names = lazy_dataset_names(self.config, "test")
         else:
             names = list(self.config.DATASETS.TEST)
         return names[0] if names else None

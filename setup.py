@@ -22,7 +22,13 @@ from setuptools import find_packages, setup
 
 try:
     import torch
-    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    from torch.utils.cpp_extension import (
+        CUDA_HOME,
+        BuildExtension,
+        CppExtension,
+        CUDAExtension,
+        include_paths,
+    )
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise SystemExit(
         "d2_maskext needs torch at build time. Install torch==2.14.1 first, then "
@@ -34,9 +40,14 @@ CSRC = ROOT / "d2_maskext" / "layers" / "csrc"
 
 
 def _cuda_include_dirs() -> list[str]:
-    """Headers shipped by the nvidia-*-cu13 wheels (cusparse.h, ...), which CUDA_HOME may lack."""
+    """torch's CUDA include path (``CUDA_HOME/include`` among it), then the nvidia-*-cu13 wheels' headers.
+
+    The wheels ship headers (cusparse.h, ...) that a CUDA_HOME may lack; listed after ``CUDA_HOME/include``,
+    they only fill such gaps and never shadow the toolkit's own, possibly different, version of a header.
+    """
     site = Path(sysconfig.get_paths()["purelib"])
-    return [str(p) for p in (site / "nvidia" / "cu13" / "include",) if p.is_dir()]
+    wheel_headers = [str(p) for p in (site / "nvidia" / "cu13" / "include",) if p.is_dir()]
+    return include_paths("cuda") + wheel_headers
 
 
 def _want_cuda() -> bool:

@@ -156,6 +156,57 @@ def test_backward_matches_torchvision_and_fallback(channels_last, batch, channel
         torch.testing.assert_close(ours, grads[1], rtol=1e-10, atol=1e-12)
 
 
+def _layout_cases() -> list[torch.Tensor]:
+    """Maps contiguous in both NCHW and channels-last: C = 1 (two stride patterns) and 1x1 maps."""
+    g = torch.Generator().manual_seed(12)
+    return [
+        torch.randn(2, 1, 9, 11, generator=g, dtype=torch.float64),
+        torch.randn(2, 9, 11, 1, generator=g, dtype=torch.float64).permute(0, 3, 1, 2),
+        torch.randn(2, 5, 1, 1, generator=g, dtype=torch.float64),
+        torch.randn(2, 1, 1, 1, generator=g, dtype=torch.float64),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_maps_contiguous_in_both_layouts_match_torchvision(case):
+    x = _layout_cases()[case]
+    assert x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(13)
+    rois = random_rois(g, 30, 2, 12.0)
+    grad = torch.randn(30, x.shape[1], 3, 2, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (roi_align, tv_roi_align):
+        leaf = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+        out = fn(leaf, rois, (3, 2), 1.0, 0, True)
+        results.append((out, *torch.autograd.grad(out, leaf, grad)))
+    for ours, expected in zip(*results):
+        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_map_contiguous_in_both_layouts_follows_the_other_levels():
+    # A 1x1 top level (a small image's P6) is contiguous in both layouts: a channels-last pyramid stays
+    # channels-last (pooled in place, gradients channels-last) instead of falling back to NCHW copies.
+    g = torch.Generator().manual_seed(14)
+    nchw = [torch.randn(2, 6, 16 // 2**i, 12 // 2**i, generator=g, dtype=torch.float64) for i in range(3)]
+    nchw.append(torch.randn(2, 6, 1, 1, generator=g, dtype=torch.float64))
+    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 64]
+    rois = random_rois(g, 40, 2, 64.0)
+    levels = torch.randint(0, 4, (40,), generator=g)
+    grad = torch.randn(40, 6, 2, 2, generator=g, dtype=torch.float64)
+    results = {}
+    for name, maps in (("nchw", nchw), ("channels_last", [f.contiguous(memory_format=torch.channels_last) for f in nchw])):
+        leaves = [f.detach().clone(memory_format=torch.preserve_format).requires_grad_(True) for f in maps]
+        out = multilevel_roi_align(leaves, rois, levels, 2, scales, 2, True)
+        results[name] = (out, torch.autograd.grad(out, leaves, grad))
+    torch.testing.assert_close(results["channels_last"][0], results["nchw"][0], rtol=1e-12, atol=1e-12)
+    for ours, expected in zip(results["channels_last"][1], results["nchw"][1]):
+        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+    strict = results["channels_last"][1][:3]
+    assert all(g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous() for g in strict)
+    assert all(g.is_contiguous() and not g.is_contiguous(memory_format=torch.channels_last)
+               for g in results["nchw"][1][:3])
+
+
 def test_backward_is_deterministic_across_thread_counts():
     g = torch.Generator().manual_seed(7)
     rois = random_rois(g, 200, 2, 20.0, dtype=torch.float32)

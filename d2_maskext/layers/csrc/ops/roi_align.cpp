@@ -166,12 +166,16 @@ void check_backward_inputs(
 }
 
 bool use_channels_last(at::TensorList features) {
+  bool any_strictly_channels_last = false;
   for (const at::Tensor& f : features) {
-    if (!f.is_contiguous(at::MemoryFormat::ChannelsLast) || f.is_contiguous()) {
+    if (!f.is_contiguous(at::MemoryFormat::ChannelsLast)) {
       return false;
     }
+    // A map contiguous in both layouts (C = 1, or H = W = 1) has one memory order that both indexings
+    // read alike: it follows the other levels instead of forcing them all to NCHW copies.
+    any_strictly_channels_last = any_strictly_channels_last || !f.is_contiguous();
   }
-  return true;
+  return any_strictly_channels_last;
 }
 
 at::ScalarType accumulate_type(at::ScalarType feature_type) {

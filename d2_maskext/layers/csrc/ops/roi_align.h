@@ -83,7 +83,10 @@ void check_roi_values(const T* roi, int64_t k, int64_t batch_size) {
       " images");
 }
 
-// The kernels pool channels-last maps in place when every level is channels-last; otherwise NCHW.
+// The layout the kernels pool in, and the gradients are returned in: channels-last (maps read in place)
+// when every level is channels-last contiguous and at least one is not also NCHW contiguous; otherwise NCHW
+// (non-channels-last levels copied). A level contiguous in both layouts (C = 1, or a 1x1 map) has the same
+// memory order in either, so it never decides: a pyramid of only such levels is NCHW.
 bool use_channels_last(at::TensorList features);
 
 // Float type for coordinates and accumulation: double for float64 features, float otherwise.

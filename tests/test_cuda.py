@@ -11,6 +11,7 @@ import torch
 from detectron2.config import get_cfg
 from test_fused_pooler import fpn_features, pooler_pair, random_boxes
 from test_roi_align import assert_low_precision_close_to_float32, random_rois
+from torchvision.ops import roi_align as tv_roi_align
 from train_net_runner import REPO
 
 from d2_maskext.config import add_maskext_config
@@ -18,7 +19,7 @@ from d2_maskext.engine import Trainer
 from d2_maskext.layers import FusedROIPooler, multilevel_roi_align, reference_roi_align, roi_align
 from d2_maskext.layers._ext import ROI_ALIGN_DEVICE_TYPES
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 CUDA = torch.device("cuda")
 
@@ -222,6 +223,191 @@ def test_overflowing_box_pools_zeros_like_cpu():
         on_gpu = roi_align(x.to(CUDA), rois.to(CUDA), 2, 2.0, 1, aligned).cpu()
         torch.testing.assert_close(on_gpu, roi_align(x, rois, 2, 2.0, 1, aligned))
         assert on_gpu[0].abs().max() == 0
+
+
+def _grads_of(fn, features: list[torch.Tensor], grad: torch.Tensor, *args) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(output, gradient of each feature map) of ``fn(leaves, *args)`` for the output gradient ``grad``."""
+    leaves = [f.detach().clone().requires_grad_(True) for f in features]
+    out = fn(leaves, *args)
+    return out, list(torch.autograd.grad(out, leaves, grad))
+
+
+def _ours(features: list[torch.Tensor], *args) -> torch.Tensor:
+    return roi_align(features[0], *args)
+
+
+def _torchvision(features: list[torch.Tensor], *args) -> torch.Tensor:
+    return tv_roi_align(features[0], *args)
+
+
+def test_matches_torchvision_on_random_shapes():
+    g = torch.Generator().manual_seed(30)
+    for case in range(12):
+        batch, channels = int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(1, 9, (1,), generator=g))
+        height, width = (int(v) for v in torch.randint(1, 41, (2,), generator=g))
+        output_size = tuple(int(v) for v in torch.randint(1, 8, (2,), generator=g))
+        scale = [1.0, 0.5, 0.25, 0.125][case % 4]
+        sampling_ratio, aligned = case % 4, bool(case % 3)
+        x = torch.randn(batch, channels, height, width, generator=g, dtype=torch.float64).to(CUDA)
+        rois = random_rois(g, 30, batch, max(height, width) / scale).to(CUDA)
+        grad = torch.randn(30, channels, *output_size, generator=g, dtype=torch.float64).to(CUDA)
+        args = (rois, output_size, scale, sampling_ratio, aligned)
+        ours, (ours_grad,) = _grads_of(_ours, [x], grad, *args)
+        expected, (expected_grad,) = _grads_of(_torchvision, [x], grad, *args)
+        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12, msg=lambda m, c=case: f"case {c}: {m}")
+        torch.testing.assert_close(ours_grad, expected_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_huge_boxes_match_torchvision_and_the_cpu_kernel():
+    # Adaptive grids of 100 to 1200 samples per bin axis: above 64, only the samples near the map are visited.
+    g = torch.Generator().manual_seed(31)
+    x = torch.randn(2, 3, 9, 7, generator=g, dtype=torch.float64)
+    rois = torch.tensor(
+        [
+            [0, -900.0, -1200.0, 1100.0, 900.0],
+            [1, -3000.0, 2.0, 3.5, 2500.0],
+            [1, 2.0, -400.0, 5.0, 8.0],
+            [0, -200.0, -200.0, 210.0, 190.0],
+        ],
+        dtype=torch.float64,
+    )
+    grad = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64)
+    for aligned in (False, True):
+        args = ((2, 2), 1.0, 0, aligned)
+        on_gpu = _grads_of(_ours, [x.to(CUDA)], grad.to(CUDA), rois.to(CUDA), *args)
+        tv = _grads_of(_torchvision, [x.to(CUDA)], grad.to(CUDA), rois.to(CUDA), *args)
+        on_cpu = _grads_of(_ours, [x], grad, rois, *args)
+        for expected in (tv, on_cpu):
+            torch.testing.assert_close(on_gpu[0].cpu(), expected[0].cpu(), rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(on_gpu[1][0].cpu(), expected[1][0].cpu(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_empty_rois_backward_gives_zero_gradients_in_the_input_layout(channels_last):
+    g = torch.Generator().manual_seed(32)
+    features = [f.to(CUDA) for f in _pyramid(g, 2, 4, channels_last)]
+    rois = torch.zeros(0, 5, dtype=torch.float64, device=CUDA)
+    levels = torch.zeros(0, dtype=torch.long, device=CUDA)
+    grad = torch.zeros(0, 4, 3, 3, dtype=torch.float64, device=CUDA)
+    out, grads = _grads_of(multilevel_roi_align, features, grad, rois, levels, 3, [1 / 4, 1 / 8, 1 / 16], 0, True)
+    assert out.shape == (0, 4, 3, 3)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for feature, feature_grad in zip(features, grads):
+        assert feature_grad.shape == feature.shape and feature_grad.is_contiguous(memory_format=memory_format)
+        assert feature_grad.abs().max() == 0
+
+
+def test_int32_levels_equal_int64_levels():
+    g = torch.Generator().manual_seed(33)
+    features = [f.to(CUDA) for f in _pyramid(g, 2, 3, False)]
+    rois = random_rois(g, 50, 2, 120.0).to(CUDA)
+    levels = torch.randint(-1, 4, (50,), generator=g).to(CUDA)
+    grad = torch.randn(50, 3, 4, 4, generator=g, dtype=torch.float64).to(CUDA)
+    scales = [1 / 4, 1 / 8, 1 / 16]
+    as_long = _grads_of(multilevel_roi_align, features, grad, rois, levels, 4, scales, 2, True)
+    as_int = _grads_of(multilevel_roi_align, features, grad, rois, levels.int(), 4, scales, 2, True)
+    torch.testing.assert_close(as_int[0], as_long[0], rtol=0, atol=0)
+    for ours, expected in zip(as_int[1], as_long[1]):
+        torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)  # atomics: any order
+
+
+def test_non_contiguous_rois_equal_their_contiguous_copy():
+    g = torch.Generator().manual_seed(34)
+    x = torch.randn(2, 5, 20, 16, generator=g).to(CUDA)
+    rois = random_rois(g, 40, 2, 80.0, dtype=torch.float32).to(CUDA)
+    padded = torch.zeros(40, 9, device=CUDA)
+    padded[:, 2:7] = rois
+    transposed = rois.t().contiguous().t()
+    every_other = torch.stack([rois, torch.zeros_like(rois)], dim=1).flatten(0, 1)[::2]
+    expected = roi_align(x, rois, (5, 4), 0.25, 0, True)
+    for strided in (padded[:, 2:7], transposed, every_other):
+        assert not strided.is_contiguous()
+        torch.testing.assert_close(roi_align(x, strided, (5, 4), 0.25, 0, True), expected, rtol=0, atol=0)
+
+
+def test_mixed_layout_pyramid_equals_nchw_pyramid():
+    g = torch.Generator().manual_seed(35)
+    nchw = [f.to(CUDA) for f in _pyramid(g, 2, 6, False)]
+    nchw.append(torch.randn(2, 6, 1, 1, generator=g, dtype=torch.float64).to(CUDA))  # both layouts at once
+    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    rois = random_rois(g, 60, 2, 120.0).to(CUDA)
+    levels = torch.randint(0, 4, (60,), generator=g).to(CUDA)
+    grad = torch.randn(60, 6, 3, 3, generator=g, dtype=torch.float64).to(CUDA)
+    args = (rois, levels, 3, scales, 0, True)
+    expected_out, expected_grads = _grads_of(multilevel_roi_align, nchw, grad, *args)
+    channels_last = [f.contiguous(memory_format=torch.channels_last) for f in nchw]
+    for layouts in ((0, 1, 0, 1), (1, 0, 0, 0), (1, 1, 1, 0), (1, 1, 1, 1)):
+        mixed = [channels_last[i] if cl else nchw[i] for i, cl in enumerate(layouts)]
+        out, grads = _grads_of(multilevel_roi_align, mixed, grad, *args)
+        torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+        for ours, expected in zip(grads, expected_grads):
+            torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+        # Channels-last only when every map is channels-last (the 1x1 map is either); otherwise NCHW.
+        all_channels_last = all(layouts[:3])
+        memory_format = torch.channels_last if all_channels_last else torch.contiguous_format
+        assert all(g.is_contiguous(memory_format=memory_format) for g in grads), layouts
+
+
+def test_non_default_stream_orders_the_op_after_earlier_work_on_that_stream():
+    g = torch.Generator().manual_seed(36)
+    x = torch.randn(2, 8, 32, 32, generator=g).to(CUDA)
+    rois = random_rois(g, 64, 2, 120.0, dtype=torch.float32).to(CUDA)
+    grad = torch.randn(64, 8, 7, 7, generator=g).to(CUDA)
+    args = (rois, 7, 0.25, 0, True)
+    expected, (expected_grad,) = _grads_of(_ours, [x], grad, *args)
+    staged = torch.zeros_like(x)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # the copy below lands well after an op on another stream would read
+        staged.copy_(x)
+        out, (out_grad,) = _grads_of(_ours, [staged], grad, *args)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(out_grad, expected_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_cuda_graph_replays_forward_and_backward():
+    g = torch.Generator().manual_seed(37)
+    features = [f.float().to(CUDA) for f in _pyramid(g, 2, 4, True)]
+    scales = [1 / 4, 1 / 8, 1 / 16]
+    rois = random_rois(g, 48, 2, 120.0, dtype=torch.float32).to(CUDA)
+    levels = torch.randint(0, 3, (48,), generator=g).to(CUDA)
+    grad = torch.randn(48, 4, 5, 5, generator=g).to(CUDA)
+    leaves = [f.clone().requires_grad_(True) for f in features]
+
+    def step() -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        out = multilevel_roi_align(leaves, rois, levels, 5, scales, 2, True)
+        return out, torch.autograd.grad(out, leaves, grad)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # warm-up outside the graph, as CUDA graph capture requires
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out, static_grads = step()
+
+    new_rois = random_rois(g, 48, 2, 120.0, dtype=torch.float32)
+    new_rois[5, 0] = 7  # outside the batch: the check needs a sync, so a captured op pools zeros instead
+    with torch.no_grad():
+        for leaf in leaves:
+            leaf.normal_(generator=None)
+        rois.copy_(new_rois.to(CUDA))
+        levels.copy_(torch.randint(0, 3, (48,), generator=g).to(CUDA))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert static_out[5].abs().max() == 0
+    valid = torch.arange(48, device=CUDA) != 5
+    expected = multilevel_roi_align([f.detach() for f in leaves], rois[valid], levels[valid], 5, scales, 2, True)
+    torch.testing.assert_close(static_out[valid], expected, rtol=1e-6, atol=1e-6)
+    rois[5, 0] = 0  # zero gradient from the zero row: same gradients as a valid roi with zero grad
+    masked_grad = grad * valid[:, None, None, None]
+    eager = torch.autograd.grad(multilevel_roi_align(leaves, rois, levels, 5, scales, 2, True), leaves, masked_grad)
+    for ours, expected_grad in zip(static_grads, eager):
+        torch.testing.assert_close(ours, expected_grad, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

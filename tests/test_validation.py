@@ -162,10 +162,12 @@ def test_unknown_dataset_name_suggests_close_ones():
         prepare_datasets(_cfg(**{"DATASETS.TRAIN": ("maskext_synth_tiny_trian",)}))
 
 
-def test_num_classes_mismatch_is_caught_at_start_up(tmp_path):
+@pytest.mark.parametrize("meta_architecture", ["GeneralizedRCNN", "MaskExtRCNN"])
+def test_num_classes_mismatch_is_caught_at_start_up(tmp_path, meta_architecture):
     images, masks = write_binary_masks(tmp_path, mask_scenes())
     name = unique_name("classes")
-    cfg = _cfg(**{"DATASETS.TRAIN": (name,), "INPUT.MASK_FORMAT": "bitmask"})
+    cfg = _cfg(**{"DATASETS.TRAIN": (name,), "INPUT.MASK_FORMAT": "bitmask",
+                  "MODEL.META_ARCHITECTURE": meta_architecture})
     cfg.DATASETS.REGISTER = [{"name": name, "format": "binary_masks", "image_root": str(images), "annotations": str(masks)}]
     with pytest.raises(ValueError, match=rf"NUM_CLASSES is 5 but dataset '{name}' has 2 classes \['cat', 'dog'\]; set MODEL.ROI_HEADS.NUM_CLASSES 2"):
         prepare_datasets(cfg)

@@ -23,7 +23,7 @@ from .registration import registered_source
 from .synthetic import is_synthetic
 
 # Where each meta-architecture keeps its class count.
-_NUM_CLASSES_KEYS = {"GeneralizedRCNN": "ROI_HEADS", "RetinaNet": "RETINANET"}
+_NUM_CLASSES_KEYS = {"GeneralizedRCNN": "ROI_HEADS", "MaskExtRCNN": "ROI_HEADS", "RetinaNet": "RETINANET"}
 
 
 @dataclass

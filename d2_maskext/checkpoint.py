@@ -120,10 +120,14 @@ class LoadReport:
     reshaped: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]  # key, checkpoint shape, model shape
     new: tuple[str, ...]
     unused: tuple[str, ...]
+    adapted: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()  # stem weights, see adapt_stem_channels
 
     @classmethod
-    def from_incompatible(cls, model_keys: Iterable[str], incompatible: Any) -> LoadReport:
-        """From fvcore's ``_IncompatibleKeys`` (its missing keys include the reshaped ones)."""
+    def from_incompatible(
+        cls, model_keys: Iterable[str], incompatible: Any, adapted: Iterable[tuple[str, tuple, tuple]] = ()
+    ) -> LoadReport:
+        """From fvcore's ``_IncompatibleKeys`` (its missing keys include the reshaped ones) and the stem weights
+        that :func:`adapt_stem_channels` adapted before loading."""
         reshaped = tuple((k, tuple(ckpt), tuple(model)) for k, ckpt, model in incompatible.incorrect_shapes)
         missing = set(incompatible.missing_keys)
         reshaped_keys = {k for k, _, _ in reshaped}
@@ -132,18 +136,25 @@ class LoadReport:
             reshaped=reshaped,
             new=tuple(k for k in incompatible.missing_keys if k not in reshaped_keys),
             unused=tuple(incompatible.unexpected_keys),
+            adapted=tuple(adapted),
         )
 
     @property
     def complete(self) -> bool:
         """Every tensor of the model came from the checkpoint and every tensor of the checkpoint was used."""
-        return not (self.reshaped or self.new or self.unused)
+        return not (self.reshaped or self.new or self.unused or self.adapted)
 
     def __str__(self) -> str:
         lines = [
             "Model initialised from the checkpoint:",
             f"  loaded, {len(self.loaded)} tensors: {_by_module(self.loaded, depth=2)}",
         ]
+        if self.adapted:
+            lines.append(
+                f"  input channels adapted, {len(self.adapted)} tensors (each of the model's N input channels gets "
+                "the mean of the checkpoint's 3 RGB filters times 3/N):"
+            )
+            lines += [f"    {k}: {ckpt} in the checkpoint, {model} in the model" for k, ckpt, model in self.adapted]
         if self.reshaped:
             lines.append(f"  shape differs, skipped (newly initialised), {len(self.reshaped)} tensors:")
             lines += [f"    {k}: {ckpt} in the checkpoint, {model} in the model" for k, ckpt, model in self.reshaped]
@@ -152,6 +163,34 @@ class LoadReport:
         if self.unused:
             lines.append(f"  in the checkpoint, unused by the model, {len(self.unused)} tensors: {_by_module(self.unused)}")
         return "\n".join(lines)
+
+
+def adapt_stem_channels(model_state: dict[str, torch.Tensor], checkpoint_state: dict[str, Any]) -> list[tuple]:
+    """Make 3-channel (RGB/BGR) stem convolutions of a checkpoint fit a model whose stem takes N != 3 channels,
+    in place; return ``(key, checkpoint shape, model shape)`` for each adapted tensor.
+
+    Rule: every one of the N input channels gets the mean of the 3 colour filters, scaled by 3/N. An input
+    whose N bands all equal a grey value then activates the stem exactly as that grey RGB image did, so the
+    pretrained activation scale is kept whatever N is, and no band is favoured (multi-band rasters have no
+    natural mapping to R, G and B). Only checkpoint tensors of shape (out, 3, kh, kw) are changed, and only
+    when the model has a stem convolution (a 4-D weight named ``*stem*``) of shape (out, N, kh, kw).
+    """
+    stem_shapes = {
+        tuple(v.shape) for k, v in model_state.items() if "stem" in k and v.ndim == 4 and v.shape[1] != 3
+    }
+    adapted = []
+    for key, value in checkpoint_state.items():
+        shape = tuple(getattr(value, "shape", ()))
+        if len(shape) != 4 or shape[1] != 3:
+            continue
+        target = next((t for t in stem_shapes if t[:1] + t[2:] == shape[:1] + shape[2:]), None)
+        if target is None:
+            continue
+        weight = torch.as_tensor(value)
+        mean = weight.mean(dim=1, keepdim=True) * (3.0 / target[1])
+        checkpoint_state[key] = mean.expand(-1, target[1], -1, -1).contiguous()
+        adapted.append((key, shape, target))
+    return adapted
 
 
 @contextmanager
@@ -179,7 +218,8 @@ class SafeCheckpointer(DetectionCheckpointer):
     file, unless ``allow_unsafe_pickle`` (config ``CHECKPOINT.ALLOW_UNSAFE_PICKLE``) declares it trusted.
 
     Each load logs one :class:`LoadReport`: what was loaded, reshaped and skipped, newly initialised and
-    left unused (instead of Detectron2's separate messages for each).
+    left unused (instead of Detectron2's separate messages for each). A 3-channel stem loaded into a model
+    of another input channel count is adapted first (:func:`adapt_stem_channels`) and reported as such.
     """
 
     def __init__(
@@ -194,6 +234,7 @@ class SafeCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.path_manager = _AtomicWritePathManager(self.path_manager)
         self.allow_unsafe_pickle = allow_unsafe_pickle
+        self._adapted_stem: list[tuple] = []  # of the load in progress, for its report
 
     @classmethod
     def from_config(cls, cfg: CfgNode, model: nn.Module, **checkpointables: Any) -> SafeCheckpointer:
@@ -222,11 +263,12 @@ class SafeCheckpointer(DetectionCheckpointer):
             raise RuntimeError(f"Cannot read checkpoint {filename}: {type(e).__name__}: {e}") from e
 
     def _load_model(self, checkpoint: dict[str, Any]) -> Any:
+        self._adapted_stem = adapt_stem_channels(self.model.state_dict(), checkpoint["model"])
         with _quiet(_NAME_MATCHING_LOGGER):
             return super()._load_model(checkpoint)
 
     def _log_incompatible_keys(self, incompatible: Any) -> None:
-        report = LoadReport.from_incompatible(self.model.state_dict().keys(), incompatible)
+        report = LoadReport.from_incompatible(self.model.state_dict().keys(), incompatible, self._adapted_stem)
         self.logger.log(logging.INFO if report.complete else logging.WARNING, str(report))
 
     def _check_numpy_only_pickle(self, filename: str) -> None:

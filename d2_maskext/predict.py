@@ -33,7 +33,15 @@ from tqdm import tqdm
 
 from .checkpoint import SafeCheckpointer
 from .evaluation.coco_metrics import load_coco_json
-from .utils.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from .utils.image_io import (
+    IMAGE_EXTENSIONS,
+    RAW_FORMAT,
+    ImageReadError,
+    check_channel_count,
+    list_images,
+    read_image,
+)
+from .visualization import to_display_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +51,15 @@ GLOB_CHARACTERS = frozenset("*?[")
 
 class BatchPredictor:
     """Detectron2's ``DefaultPredictor`` (same test-time resize and input format) that also runs a batch,
-    for a model built from any config (YAML or lazy)."""
+    for a model built from any config (YAML or lazy), and takes ``RAW`` images (float32 HWC, one channel per
+    ``MODEL.PIXEL_MEAN`` value), which ``DefaultPredictor`` refuses."""
 
     def __init__(self, model: nn.Module, resize: T.Augmentation, input_format: str = "BGR"):
-        if input_format not in ("BGR", "RGB"):
-            raise ValueError(f"input format must be 'BGR' or 'RGB', got {input_format!r}")
+        if input_format not in ("BGR", "RGB", RAW_FORMAT):
+            raise ValueError(f"input format must be 'BGR', 'RGB' or 'RAW', got {input_format!r}")
         self.model = model.eval()
+        pixel_mean = getattr(model, "pixel_mean", None)
+        self.num_channels = pixel_mean.numel() if pixel_mean is not None else 3
         self.resize = resize
         self.input_format = input_format
 
@@ -62,15 +73,17 @@ class BatchPredictor:
         return cls(model, T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST), cfg.INPUT.FORMAT)
 
     def __call__(self, image_bgr: np.ndarray) -> dict:
-        """Model output for one BGR uint8 image, as ``DefaultPredictor``."""
+        """Model output for one BGR uint8 image (``RAW``: float32 HWC), as ``DefaultPredictor``."""
         return self.predict_batch([image_bgr])[0]
 
     def predict_batch(self, images_bgr: Sequence[np.ndarray]) -> list[dict]:
-        """Model outputs for BGR uint8 images, in one forward pass."""
+        """Model outputs for BGR uint8 images (``RAW``: float32 HWC), in one forward pass."""
         with torch.inference_mode():
             return self.model([self._model_input(image) for image in images_bgr])
 
     def _model_input(self, image_bgr: np.ndarray) -> dict:
+        if self.input_format == RAW_FORMAT:
+            check_channel_count(image_bgr, self.num_channels, "input image")
         image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
         height, width = image.shape[:2]
         resized = self.resize.get_transform(image).apply_image(image)
@@ -83,7 +96,7 @@ class BatchPredictor:
 
 @dataclass(frozen=True)
 class Frame:
-    """One image to predict: its name in the outputs and its pixels (BGR)."""
+    """One image to predict: its name in the outputs and its pixels (BGR; float32 HWC for ``RAW``)."""
 
     name: str
     image_bgr: np.ndarray
@@ -107,14 +120,17 @@ class PredictSummary:
     overlays: Path
 
 
-def _read_images(inputs: Sequence[ImageInput], skipped: list[str]) -> Iterator[Frame]:
+def _read_images(inputs: Sequence[ImageInput], skipped: list[str], predictor: BatchPredictor) -> Iterator[Frame]:
+    raw = predictor.input_format == RAW_FORMAT
     for index, item in enumerate(inputs):
         try:
-            image = read_image(item.path, "BGR")
+            image = read_image(item.path, RAW_FORMAT if raw else "BGR")
         except ImageReadError as e:
             logger.warning("skipping image %d %s: cannot read it (%s)", index, item.path, e)
             skipped.append(str(item.path))
             continue
+        if raw:
+            check_channel_count(image, predictor.num_channels, item.path)
         yield Frame(item.name, image)
 
 
@@ -254,6 +270,8 @@ def predict(
     video = Path(sources[0]) if len(sources) == 1 and is_video(sources[0]) else None
     if video is not None and not video.is_file():
         raise FileNotFoundError(f"{video}: no such image, folder or video")
+    if video is not None and predictor.input_format == RAW_FORMAT:
+        raise ValueError(f"{video}: videos are 8-bit; predict them with a BGR or RGB model, not INPUT.FORMAT 'RAW'")
     if video is None and any(is_video(s) for s in sources):
         raise ValueError(f"a video is predicted on its own, not with other inputs: {[str(s) for s in sources]}")
     inputs = resolve_images(sources) if video is None else []
@@ -265,7 +283,7 @@ def predict(
     overlays = output_dir / "overlays"
     overlays.mkdir(parents=True, exist_ok=True)
     skipped: list[str] = []
-    frames = _read_video(video) if video is not None else _read_images(inputs, skipped)
+    frames = _read_video(video) if video is not None else _read_images(inputs, skipped, predictor)
     total, fps = _video_info(video) if video is not None else (len(inputs), 0.0)
     title = video.name if video is not None else f"{len(inputs)} images"
     video_writer = None
@@ -279,7 +297,9 @@ def predict(
                 images.append({"id": image_id, "file_name": frame.name, "height": height, "width": width})
                 for r in instances_to_coco_json(instances, image_id):
                     results.append({**r, "category_id": categories.ids[r["category_id"]]})
-                vis = Visualizer(frame.image_bgr[:, :, ::-1], categories.metadata)
+                raw = predictor.input_format == RAW_FORMAT
+                shown = to_display_rgb(frame.image_bgr) if raw else frame.image_bgr[:, :, ::-1]
+                vis = Visualizer(shown, categories.metadata)
                 overlay_bgr = np.ascontiguousarray(
                     vis.draw_instance_predictions(instances).get_image()[:, :, ::-1]
                 )

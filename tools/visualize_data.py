@@ -25,6 +25,8 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 from d2_maskext.cli.config_loading import LoadedConfig, load_config
+from d2_maskext.utils.image_io import RAW_FORMAT, read_image
+from d2_maskext.visualization import to_display_rgb
 
 DEFAULT_DATALOADER_IMAGES = 50  # the training loader never ends
 
@@ -50,10 +52,15 @@ def training_metadata(config: LoadedConfig) -> Metadata:
     return MetadataCatalog.get(names[0])
 
 
+def display_rgb(image: np.ndarray, input_format: str) -> np.ndarray:
+    """The RGB uint8 view of an image in the config's format (``RAW``: percentile-stretched)."""
+    return to_display_rgb(image) if input_format == RAW_FORMAT else utils.convert_image_to_rgb(image, input_format)
+
+
 def annotation_images(config: LoadedConfig, metadata: Metadata) -> Iterator[tuple[str, np.ndarray]]:
     """Each training image with its registered annotations drawn, named after its file."""
     for record in itertools.chain.from_iterable(DatasetCatalog.get(n) for n in config.train_dataset_names):
-        image = utils.read_image(record["file_name"], "RGB")
+        image = display_rgb(read_image(record["file_name"], config.input_format), config.input_format)
         drawn = Visualizer(image, metadata).draw_dataset_dict(record).get_image()
         yield Path(record["file_name"]).name, drawn
 
@@ -63,7 +70,7 @@ def dataloader_images(config: LoadedConfig, metadata: Metadata) -> Iterator[tupl
     index = 0
     for batch in config.build_train_loader():
         for item in batch:
-            image = utils.convert_image_to_rgb(item["image"].permute(1, 2, 0).cpu().numpy(), config.input_format)
+            image = display_rgb(item["image"].permute(1, 2, 0).cpu().numpy(), config.input_format)
             targets = item["instances"].get_fields() if "instances" in item else {}
             classes = targets.get("gt_classes")
             labels = [metadata.thing_classes[c] for c in classes.tolist()] if classes is not None else None

@@ -4,10 +4,15 @@ Shapes are chosen so that mask quality matters: rings and frames have holes, sta
 crescents are non-convex, instances occlude each other (each keeps at least half of its area visible),
 sizes range from small to large, and both objects and background are textured. Each image depends only
 on ``(seed, split, index)``, so any subset can be regenerated bit-exactly.
+
+``pixel_dtype`` and ``bands`` make scientific-image variants of the same scenes, written as TIFF: uint16
+values spread over 3,000-59,000 (an 8-bit reader clips them all to white), float32 in [0, 1], and 1 or N
+bands (1: grey; more than 3: the colour channels repeated with mixtures of two of them).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -17,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
+import tifffile
 from tqdm import tqdm
 
 from ..utils.atomic_file import atomic_open
@@ -28,6 +34,8 @@ SYNTHETIC_CLASSES: tuple[str, ...] = ("ring", "star", "cross", "crescent", "fram
 GENERATOR_VERSION = 2
 MIN_CONTRAST = 80.0  # minimum RGB distance between an object's base colour and what it covers
 _SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_029}
+PIXEL_DTYPES = ("uint8", "uint16", "float32")
+UINT16_OFFSET, UINT16_SCALE = 3000.0, 56000.0 / 255.0  # 8-bit levels 0..255 -> 3,000..59,000
 
 
 @dataclass(frozen=True)
@@ -43,12 +51,27 @@ class SyntheticSpec:
     min_size: float = 16.0
     max_size: float = 110.0
     max_occlusion: float = 0.5
+    pixel_dtype: str = "uint8"  # one of PIXEL_DTYPES
+    bands: int = 3
+
+    @property
+    def is_rgb8(self) -> bool:
+        """The original 8-bit colour images (PNG); other specs are written as TIFF and read with ``RAW``."""
+        return self.pixel_dtype == "uint8" and self.bands == 3
 
     def cache_name(self) -> str:
-        return (
+        name = (
             f"v{GENERATOR_VERSION}_{self.split}_n{self.num_images}_s{self.image_size}_seed{self.seed}"
             f"_i{self.min_instances}-{self.max_instances}_z{self.min_size:g}-{self.max_size:g}_o{self.max_occlusion:g}"
         )
+        return name if self.is_rgb8 else f"{name}_{self.pixel_dtype}_b{self.bands}"
+
+    def info(self) -> dict:
+        """The spec as stored in the COCO file; 8-bit colour specs leave out the pixel keys, as before they existed."""
+        info = asdict(self)
+        if self.is_rgb8:
+            del info["pixel_dtype"], info["bands"]
+        return info
 
 
 def default_root() -> Path:
@@ -168,9 +191,38 @@ def generate_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, list[di
         classes.append(cls)
         tex = _object_texture(rng, s, img[full > 0].mean(axis=0))
         img = np.where(full[..., None] > 0, tex, img)
-    image = np.clip(img, 0, 255).astype(np.uint8)
     annotations = [{"category_id": c, "mask": m} for c, m in zip(classes, visible)]
-    return image, annotations
+    return _pixels(np.clip(img, 0, 255), spec), annotations
+
+
+def _pixels(levels: np.ndarray, spec: SyntheticSpec) -> np.ndarray:
+    """The (H, W, 3) float BGR levels in [0, 255] in the spec's dtype and band count."""
+    if spec.pixel_dtype not in PIXEL_DTYPES:
+        raise ValueError(f"pixel_dtype must be one of {PIXEL_DTYPES}, got {spec.pixel_dtype!r}")
+    if spec.is_rgb8:
+        return levels.astype(np.uint8)
+    if spec.bands == 1:
+        bands = levels @ np.array([0.114, 0.587, 0.299], np.float32)  # BGR luma
+    else:
+        mixes = [levels[..., k % 3] if k < 3 else (levels[..., k % 3] + levels[..., (k + 1) % 3]) / 2 for k in range(spec.bands)]
+        bands = np.stack(mixes, axis=2)
+    if spec.pixel_dtype == "uint16":
+        return np.round(bands * UINT16_SCALE + UINT16_OFFSET).astype(np.uint16)
+    if spec.pixel_dtype == "float32":
+        return (bands / 255.0).astype(np.float32)
+    return np.round(bands).astype(np.uint8)
+
+
+def _encode(image: np.ndarray, spec: SyntheticSpec) -> tuple[str, bytes]:
+    """(file extension, file bytes): PNG for 8-bit colour, else TIFF (bands interleaved)."""
+    if spec.is_rgb8:
+        ok, png = cv2.imencode(".png", image)
+        if not ok:  # pragma: no cover - cv2 always encodes uint8 BGR
+            raise RuntimeError("could not encode a synthetic image")
+        return ".png", png.tobytes()
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image, photometric="minisblack", planarconfig="contig" if image.ndim == 3 else None)
+    return ".tif", buffer.getvalue()
 
 
 def mask_to_coco_annotation(mask: np.ndarray, category_id: int, ann_id: int, image_id: int) -> dict:
@@ -208,16 +260,14 @@ def ensure_generated(spec: SyntheticSpec, root: Path | None = None) -> Path:
     images, annotations = [], []
     for index in tqdm(range(spec.num_images), desc=f"generating synthetic {spec.split}", unit="img", leave=False):
         image, anns = generate_image(spec, index)
-        file_name = f"{index:06d}.png"
-        ok, png = cv2.imencode(".png", image)
-        if not ok:  # pragma: no cover - cv2 always encodes uint8 BGR
-            raise RuntimeError(f"could not encode synthetic image {index}")
-        _write_bytes(out / "images" / file_name, png.tobytes())
+        extension, data = _encode(image, spec)
+        file_name = f"{index:06d}{extension}"
+        _write_bytes(out / "images" / file_name, data)
         images.append({"id": index, "file_name": file_name, "height": spec.image_size, "width": spec.image_size})
         for ann in anns:
             annotations.append(mask_to_coco_annotation(ann["mask"], ann["category_id"] + 1, len(annotations) + 1, index))
     coco = {
-        "info": {"description": "d2_maskext synthetic dataset", "spec": asdict(spec)},
+        "info": {"description": "d2_maskext synthetic dataset", "spec": spec.info()},
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SYNTHETIC_CLASSES)],
@@ -263,6 +313,13 @@ BUILTIN_SYNTHETIC: dict[str, SyntheticSpec] = {
     "maskext_synth_val": SyntheticSpec(split="val", num_images=150),
     "maskext_synth_tiny_train": SyntheticSpec(split="train", num_images=16, image_size=128, min_size=16, max_size=60),
     "maskext_synth_tiny_val": SyntheticSpec(split="val", num_images=8, image_size=128, min_size=16, max_size=60),
+    # The tiny splits as single-channel 16-bit images (INPUT.FORMAT "RAW"), like fluorescence or CT.
+    "maskext_synth_tiny_train_u16": SyntheticSpec(
+        split="train", num_images=16, image_size=128, min_size=16, max_size=60, pixel_dtype="uint16", bands=1
+    ),
+    "maskext_synth_tiny_val_u16": SyntheticSpec(
+        split="val", num_images=8, image_size=128, min_size=16, max_size=60, pixel_dtype="uint16", bands=1
+    ),
 }
 
 
@@ -329,7 +386,7 @@ def ensure_mosaics(spec: SyntheticSpec, grid: tuple[int, int], root: Path | None
         for ann in anns:
             annotations.append({**ann, "id": len(annotations) + 1})
     coco = {
-        "info": {"description": "d2_maskext synthetic mosaics", "spec": asdict(spec), "grid": [rows, cols]},
+        "info": {"description": "d2_maskext synthetic mosaics", "spec": spec.info(), "grid": [rows, cols]},
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SYNTHETIC_CLASSES)],

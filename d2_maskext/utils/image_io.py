@@ -2,18 +2,21 @@
 
 ``read_image`` returns exactly the pixels of Detectron2's ``read_image`` (same decoder, same EXIF
 handling) but converts RGB to BGR with OpenCV into a contiguous array, which later steps copy far faster
-than the negative-stride view Detectron2 returns.
+than the negative-stride view Detectron2 returns. ``INPUT.FORMAT "RAW"`` reads 16-bit, float and
+multi-band images (TIFF, PNG, ``.npy``) unclipped, as float32 with every channel.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
+import tifffile
 from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.utils.file_io import PathManager
 from PIL import Image
@@ -23,6 +26,7 @@ from .._compat import apply_exif_orientation
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _EXIF_ORIENTATION = 274
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+logger = logging.getLogger(__name__)
 
 
 class ImageReadError(OSError):
@@ -63,16 +67,180 @@ def _decode(path: str | os.PathLike, decode, data: bytes | None = None):
         raise ImageReadError(path, f"cannot decode image: {type(e).__name__}: {e}") from e
 
 
+RAW_FORMAT = "RAW"
+# 8-bit formats in which high-bit-depth or many-band files lose information (Detectron2 clips them silently).
+EIGHT_BIT_FORMATS = ("BGR", "RGB", "L")
+_TIFF_EXTENSIONS = (".tif", ".tiff")
+_lossy_read_warned = False
+
+
+class ChannelCountError(ValueError):
+    """A RAW image's channel count differs from the model's (``len(MODEL.PIXEL_MEAN)``)."""
+
+
 def read_image(path: str | os.PathLike, image_format: str | None) -> np.ndarray:
-    """Decode an image in ``image_format`` (as Detectron2's ``read_image``), raising ``ImageReadError``."""
+    """Decode an image in ``image_format`` (as Detectron2's ``read_image``), raising ``ImageReadError``.
+
+    ``"RAW"`` keeps the file's dtype range and every channel (see :func:`read_raw_image`). Under an 8-bit
+    format a file with more than 8 bits, float values or more than 4 channels gets one warning per process.
+    """
+    if image_format == RAW_FORMAT:
+        return read_raw_image(path)
+    tiff_needs_raw = (
+        image_format in EIGHT_BIT_FORMATS and Path(path).suffix.lower() in _TIFF_EXTENSIONS and _tiff_needs_raw(path)
+    )
+    _warn_if_lossy(path, tiff_needs_raw, image_format)
 
     def decode(image: Image.Image) -> np.ndarray:
+        if image_format in EIGHT_BIT_FORMATS and image.format != "TIFF":
+            _warn_if_lossy(path, _pillow_needs_raw(image), image_format)
         image = apply_exif_orientation(image)
         if image_format == "BGR":
             return cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
         return convert_PIL_to_numpy(image, image_format)
 
-    return _decode(path, decode)
+    try:
+        return _decode(path, decode)
+    except ImageReadError as e:
+        if not tiff_needs_raw:
+            raise
+        raise ImageReadError(path, f"{e.reason}; it has more than 8 bits or 4 channels: use INPUT.FORMAT 'RAW'") from e
+
+
+def _pillow_needs_raw(image: Image.Image) -> bool:
+    """Whether Pillow would reduce this image's pixels to 8 bits (16-bit, 32-bit integer or float modes)."""
+    rawmodes = [tile.args for tile in image.tile if isinstance(tile.args, str)]
+    return image.mode in ("I", "F") or image.mode.startswith("I;16") or any(";16" in m for m in rawmodes)
+
+
+def _tiff_needs_raw(path: str | os.PathLike) -> bool:
+    """Whether a TIFF holds more than 8 bits or more than 4 channels (from its header; False if unparsable)."""
+    try:
+        with tifffile.TiffFile(os.fspath(path)) as tiff:
+            series = tiff.series[0]
+            return series.dtype != np.uint8 or _channel_count(series.shape, series.axes) > 4
+    except Exception:  # Pillow reports unreadable files with the usual ImageReadError
+        return False
+
+
+def needs_raw(path: str | os.PathLike) -> bool:
+    """Whether reading ``path`` in an 8-bit format would lose information: more than 8 bits, float values or
+    more than 4 channels (``.npy`` files always). From the header; False for a file that cannot be opened."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npy":
+        return True
+    if suffix in _TIFF_EXTENSIONS:
+        return _tiff_needs_raw(path)
+    try:
+        return _decode(path, _pillow_needs_raw)
+    except ImageReadError:
+        return False
+
+
+def _warn_if_lossy(path: str | os.PathLike, lossy: bool, image_format: str) -> None:
+    """Warn once per process that ``path`` loses information in an 8-bit format, naming its dtype and range."""
+    global _lossy_read_warned
+    if not lossy or _lossy_read_warned:
+        return
+    _lossy_read_warned = True
+    try:
+        raw = read_raw_image(path, keep_dtype=True)
+        what = f"{raw.dtype} with {raw.shape[2]} channel(s), values {raw.min():g} to {raw.max():g}"
+    except ImageReadError as e:
+        what = f"not 8-bit ({e.reason})"
+    logger.warning(
+        "%s is %s but INPUT.FORMAT is %r, which reduces it to 8-bit values (clipped) and at most 3 channels; "
+        "set INPUT.FORMAT 'RAW' (with one MODEL.PIXEL_MEAN/PIXEL_STD value per channel) to keep its pixels. "
+        "This warning is given once, for the first such image.",
+        os.fspath(path),
+        what,
+        image_format,
+    )
+
+
+def _check_pixel_limit(path: str | os.PathLike, height: int, width: int) -> None:
+    """Pillow's decompression-bomb limit, for decoders other than Pillow (checked from the header)."""
+    if Image.MAX_IMAGE_PIXELS and height * width > Image.MAX_IMAGE_PIXELS:
+        raise ImageReadError(
+            path,
+            f"refused as a possible decompression bomb ({width}x{height} pixels); PIL.Image.MAX_IMAGE_PIXELS is "
+            f"{Image.MAX_IMAGE_PIXELS}: raise it only for images you trust",
+        )
+
+
+def _channel_count(shape: tuple[int, ...], axes: str) -> int:
+    return 1 if len(shape) == 2 else shape[-1] if axes.endswith("S") else shape[0]
+
+
+def _read_tiff(path: str | os.PathLike) -> np.ndarray:
+    """A TIFF's first series as HWC: interleaved samples (``YXS``) as they are, planar bands or pages
+    (``CYX``, ``SYX``, ``QYX`` ...) moved last."""
+    with tifffile.TiffFile(os.fspath(path)) as tiff:
+        series = tiff.series[0]
+        shape, axes = tuple(series.shape), series.axes
+        if len(shape) == 2 or (len(shape) == 3 and axes.endswith("YXS")):
+            height, width = shape[:2]
+        elif len(shape) == 3 and axes.endswith("YX"):
+            height, width = shape[1:]
+        else:
+            raise ValueError(f"expected a 2-D image with optional channels, got shape {shape} with axes {axes!r}")
+        _check_pixel_limit(path, height, width)
+        array = series.asarray()
+    if array.ndim == 3 and not axes.endswith("S"):
+        array = np.moveaxis(array, 0, -1)
+    return array
+
+
+def _read_npy(path: str | os.PathLike) -> np.ndarray:
+    """A ``.npy`` array of shape (H, W) or (H, W, C), numbers only (no pickled objects)."""
+    array = np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
+    if array.ndim not in (2, 3) or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"expected a numeric (H, W) or (H, W, C) array, got shape {array.shape} of {array.dtype}")
+    _check_pixel_limit(path, *array.shape[:2])
+    return np.array(array)
+
+
+def _read_with_opencv(path: str | os.PathLike) -> np.ndarray:
+    """PNG and other formats at their full bit depth; colour comes back in the file's RGB(A) order."""
+    height, width = image_size(path)  # Pillow's header check, decompression-bomb limit included
+    _check_pixel_limit(path, height, width)
+    with PathManager.open(os.fspath(path), "rb") as f:
+        data = np.frombuffer(f.read(), np.uint8)
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise ValueError("OpenCV cannot decode it")
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+    return array
+
+
+def read_raw_image(path: str | os.PathLike, keep_dtype: bool = False) -> np.ndarray:
+    """The pixels of ``path`` as stored, HWC with every channel, as float32 (exact for 8- and 16-bit integers;
+    ``keep_dtype`` returns the file's dtype instead): TIFF through tifffile, ``.npy`` (H, W[, C]) arrays, and
+    PNG and other formats through OpenCV at full bit depth. Colour files keep their RGB order; EXIF
+    orientation is not applied. Pillow's decompression-bomb limit holds here too."""
+    suffix = Path(path).suffix.lower()
+    reader = _read_tiff if suffix in _TIFF_EXTENSIONS else _read_npy if suffix == ".npy" else _read_with_opencv
+    try:
+        array = reader(path)
+    except FileNotFoundError as e:
+        raise ImageReadError(path, "file not found", missing=True) from e
+    except (ImageReadError, MemoryError):
+        raise
+    except Exception as e:  # any decoder failure means the file is unreadable
+        raise ImageReadError(path, f"cannot decode image: {type(e).__name__}: {e}") from e
+    array = array[:, :, None] if array.ndim == 2 else array
+    return np.ascontiguousarray(array if keep_dtype else array.astype(np.float32, copy=False))
+
+
+def check_channel_count(image: np.ndarray, expected: int, path: str | os.PathLike) -> None:
+    """Refuse a RAW image whose channel count is not the model's, naming the file and both numbers."""
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels != expected:
+        raise ChannelCountError(
+            f"{os.fspath(path)}: the image has {channels} channel(s) but the model takes {expected} "
+            f"(len(MODEL.PIXEL_MEAN)); give MODEL.PIXEL_MEAN and MODEL.PIXEL_STD one value per channel"
+        )
 
 
 def _oriented_size(image: Image.Image) -> tuple[int, int]:

@@ -10,7 +10,8 @@ import numpy as np
 from detectron2.utils.visualizer import Visualizer
 from pycocotools.coco import COCO
 
-from ..utils.image_io import ImageReadError, read_image
+from ..utils.image_io import RAW_FORMAT, ImageReadError, needs_raw, read_image
+from .display import to_display_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -18,9 +19,12 @@ RGB = tuple[float, float, float]
 
 
 def read_image_or_blank(path: str | Path | None, height: int, width: int) -> tuple[np.ndarray, bool]:
-    """RGB image at ``path``; a gray canvas of the annotated size (and False) when it cannot be read."""
+    """RGB image at ``path`` (16-bit, float and multi-band files percentile-stretched by ``to_display_rgb``); a
+    gray canvas of the annotated size (and False) when it cannot be read."""
     if path is not None:
         try:
+            if needs_raw(path):
+                return to_display_rgb(read_image(path, RAW_FORMAT)), True
             return read_image(path, "RGB"), True
         except ImageReadError as e:
             logger.warning("cannot read image %s (%s); drawing on a blank canvas", path, e)

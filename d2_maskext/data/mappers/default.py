@@ -5,7 +5,8 @@ faster because it copies records shallowly instead of ``deepcopy`` and keeps arr
 ``arrays.py``). During training an image that cannot be read (missing, corrupt, a decompression bomb, or
 of the wrong size) is logged, counted and skipped (``INPUT.MAPPER.ON_BAD_IMAGE "skip"``; Detectron2's
 loader then samples another image) or raises (``"raise"``). At inference it always raises: evaluating a
-substitute image would silently corrupt the metrics.
+substitute image would silently corrupt the metrics. A ``RAW`` image whose channel count is not the model's
+(``len(MODEL.PIXEL_MEAN)``) always raises: it is a configuration error, not a bad file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ...utils.image_io import ImageReadError, read_image
+from ...utils.image_io import RAW_FORMAT, ImageReadError, check_channel_count, read_image
 from .arrays import ContiguousAugInput, apply_contiguous, decode_rle, image_to_tensor
 from .bad_images import BadImageCounter
 from .photometric import build_photometric_augmentation
@@ -51,13 +52,23 @@ def _copy_annotation(annotation: dict) -> dict:
 @MAPPER_REGISTRY.register()
 class MaskExtDatasetMapper(DatasetMapper):
     @configurable
-    def __init__(self, is_train: bool, *, on_bad_image: str = "skip", max_consecutive_bad_images: int = 20, **kwargs):
-        """``on_bad_image``: "skip" or "raise" for unreadable training images; other arguments as ``DatasetMapper``."""
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        on_bad_image: str = "skip",
+        max_consecutive_bad_images: int = 20,
+        num_channels: int | None = None,
+        **kwargs,
+    ):
+        """``on_bad_image``: "skip" or "raise" for unreadable training images; ``num_channels``: the channel count
+        every ``RAW`` image must have (None: unchecked); other arguments as ``DatasetMapper``."""
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"INPUT.MAPPER.ON_BAD_IMAGE must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
         super().__init__(is_train, **kwargs)
         self.on_bad_image = on_bad_image
         self.bad_images = BadImageCounter(max_consecutive_bad_images)
+        self.num_channels = num_channels
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict:
@@ -66,6 +77,7 @@ class MaskExtDatasetMapper(DatasetMapper):
             ret["augmentations"] = [*ret["augmentations"], *build_photometric_augmentation(cfg)]
         ret["on_bad_image"] = cfg.INPUT.MAPPER.ON_BAD_IMAGE
         ret["max_consecutive_bad_images"] = cfg.INPUT.MAPPER.MAX_CONSECUTIVE_BAD_IMAGES
+        ret["num_channels"] = len(cfg.MODEL.PIXEL_MEAN)
         return ret
 
     def __call__(self, dataset_dict: dict) -> dict | None:
@@ -107,6 +119,8 @@ class MaskExtDatasetMapper(DatasetMapper):
                 raise
             self.bad_images.skip(file_name, e)
             return None
+        if self.image_format == RAW_FORMAT and self.num_channels is not None:
+            check_channel_count(image, self.num_channels, file_name)
         self.bad_images.succeed()
         return image
 

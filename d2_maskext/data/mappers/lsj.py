@@ -5,6 +5,8 @@ Masks are rasterized directly in the output frame (polygons are transformed exac
 rasterization; RLE masks are resized with nearest neighbour, cropped and zero-padded), and boxes are
 recomputed from the masks, so instances cut by the crop get tight boxes. Masks therefore always come out
 as ``BitMasks``, whatever ``INPUT.MASK_FORMAT`` says. Inference uses the default test-time resize.
+``RAW`` images are padded with ``MODEL.PIXEL_MEAN``, one value per channel (zero after normalisation), since
+``INPUT.LSJ.PAD_VALUE`` is in 8-bit units.
 """
 
 from __future__ import annotations
@@ -16,10 +18,30 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances, polygons_to_bitmask
 
+from ...utils.image_io import RAW_FORMAT
 from .arrays import apply_contiguous, decode_rle
 from .default import MaskExtDatasetMapper
 from .photometric import build_photometric_augmentation
 from .registry import MAPPER_REGISTRY
+
+
+class ChannelPadTransform(T.PadTransform):
+    """``PadTransform`` with one pad value per image channel (``np.pad`` takes one value for all of them)."""
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        height, width = img.shape[:2]
+        out = np.empty((self.y0 + height + self.y1, self.x0 + width + self.x1, *img.shape[2:]), img.dtype)
+        out[...] = np.asarray(self.pad_value, dtype=img.dtype)
+        out[self.y0 : self.y0 + height, self.x0 : self.x0 + width] = img
+        return out
+
+
+class ChannelPadFixedSizeCrop(T.FixedSizeCrop):
+    """``FixedSizeCrop`` whose ``pad_value`` is a sequence, one value per channel."""
+
+    def _get_pad(self, image: np.ndarray) -> T.Transform:
+        pad = super()._get_pad(image)
+        return ChannelPadTransform(pad.x0, pad.y0, pad.x1, pad.y1, pad.orig_w, pad.orig_h, pad.pad_value, pad.seg_pad_value)
 
 
 def build_lsj_augmentation(cfg: CfgNode) -> list[T.Augmentation]:
@@ -32,7 +54,10 @@ def build_lsj_augmentation(cfg: CfgNode) -> list[T.Augmentation]:
         )
     augmentations.append(T.ResizeScale(lsj.MIN_SCALE, lsj.MAX_SCALE, size, size))
     # Masks must be padded with 0 (FixedSizeCrop's default of 255 would mark the padding as foreground).
-    augmentations.append(T.FixedSizeCrop((size, size), pad_value=lsj.PAD_VALUE, seg_pad_value=0))
+    if cfg.INPUT.FORMAT == RAW_FORMAT:
+        augmentations.append(ChannelPadFixedSizeCrop((size, size), pad_value=list(cfg.MODEL.PIXEL_MEAN), seg_pad_value=0))
+    else:
+        augmentations.append(T.FixedSizeCrop((size, size), pad_value=lsj.PAD_VALUE, seg_pad_value=0))
     return augmentations
 
 

@@ -8,6 +8,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper
 from detectron2.utils.registry import Registry
 
+from ...utils.image_io import RAW_FORMAT
 from .photometric import ColorJitter
 
 MAPPER_REGISTRY = Registry("MAPPER")
@@ -20,8 +21,15 @@ MAPPER_REGISTRY.register(DatasetMapper)
 
 
 def build_mapper(cfg: CfgNode, is_train: bool) -> Callable[[dict], dict | None]:
-    """Build the mapper named by ``cfg.INPUT.MAPPER.NAME``; refuse to ignore ``INPUT.PHOTOMETRIC`` silently."""
-    mapper = MAPPER_REGISTRY.get(cfg.INPUT.MAPPER.NAME)(cfg, is_train)
+    """Build the mapper named by ``cfg.INPUT.MAPPER.NAME``; refuse to ignore ``INPUT.PHOTOMETRIC`` silently, and
+    Detectron2's ``DatasetMapper`` for ``RAW`` images (its reader knows 8-bit formats only)."""
+    mapper_class = MAPPER_REGISTRY.get(cfg.INPUT.MAPPER.NAME)
+    if cfg.INPUT.FORMAT == RAW_FORMAT and mapper_class is DatasetMapper:
+        raise ValueError(
+            "INPUT.FORMAT 'RAW' needs one of the plugin mappers (MaskExtDatasetMapper, LSJDatasetMapper, "
+            "CopyPasteDatasetMapper): Detectron2's DatasetMapper reads 8-bit images only"
+        )
+    mapper = mapper_class(cfg, is_train)
     if is_train and cfg.INPUT.PHOTOMETRIC.ENABLED:
         augmentations = getattr(getattr(mapper, "augmentations", None), "augs", [])
         if not any(isinstance(a, ColorJitter) for a in augmentations):

@@ -25,7 +25,7 @@ def add_maskext_config(cfg: CN) -> CN:
 
 
 def _add_pooler_config(cfg: CN) -> None:
-    """RoIAlign implementation used by ``MaskExtROIHeads`` (issue: RoIAlign extension)."""
+    """RoIAlign implementation used by ``MaskExtROIHeads``."""
     cfg.MODEL.MASKEXT = CN()
     # "stock": Detectron2's ROIPooler (loop over FPN levels); "fused": one-call multi-level RoIAlign.
     cfg.MODEL.MASKEXT.POOLER = "stock"
@@ -57,28 +57,28 @@ def _add_head_config(cfg: CN) -> None:
 
     # BoundaryMaskHead: a boundary branch fused with the mask branch (BMask R-CNN).
     cfg.MODEL.ROI_MASK_HEAD.BOUNDARY = CN()
-    cfg.MODEL.ROI_MASK_HEAD.BOUNDARY.NUM_CONV = 2
+    cfg.MODEL.ROI_MASK_HEAD.BOUNDARY.NUM_CONV = 2  # 3x3 convs of the boundary branch
     cfg.MODEL.ROI_MASK_HEAD.BOUNDARY.LOSS_WEIGHT = 1.0  # for both its BCE and Dice terms
 
     # HighResMaskHead: 4x POOLER_RESOLUTION masks refined with finer FPN features. It pools its own
     # inputs with the stock MODEL.ROI_MASK_HEAD.POOLER_* keys (MaskExtROIHeads builds no pooler for it).
     cfg.MODEL.ROI_MASK_HEAD.HIRES = CN()
-    cfg.MODEL.ROI_MASK_HEAD.HIRES.FINE_FEATURE = "p2"
+    cfg.MODEL.ROI_MASK_HEAD.HIRES.FINE_FEATURE = "p2"  # FPN level (in ROI_HEADS.IN_FEATURES) that refines
     cfg.MODEL.ROI_MASK_HEAD.HIRES.NUM_CONV = 2  # refinement convs at 2x POOLER_RESOLUTION
 
     # MaskIoU head of MaskScoringROIHeads (Mask Scoring R-CNN).
     cfg.MODEL.ROI_MASKIOU_HEAD = CN()
     cfg.MODEL.ROI_MASKIOU_HEAD.NUM_CONV = 4  # the last one has stride 2
-    cfg.MODEL.ROI_MASKIOU_HEAD.CONV_DIM = 256
-    cfg.MODEL.ROI_MASKIOU_HEAD.NUM_FC = 2
-    cfg.MODEL.ROI_MASKIOU_HEAD.FC_DIM = 1024
-    cfg.MODEL.ROI_MASKIOU_HEAD.NORM = ""
-    cfg.MODEL.ROI_MASKIOU_HEAD.LOSS_WEIGHT = 1.0
+    cfg.MODEL.ROI_MASKIOU_HEAD.CONV_DIM = 256  # channels of each conv
+    cfg.MODEL.ROI_MASKIOU_HEAD.NUM_FC = 2  # fully connected layers after the convs
+    cfg.MODEL.ROI_MASKIOU_HEAD.FC_DIM = 1024  # width of each fully connected layer
+    cfg.MODEL.ROI_MASKIOU_HEAD.NORM = ""  # normalization of the convs: "" (none), "GN", "BN", ...
+    cfg.MODEL.ROI_MASKIOU_HEAD.LOSS_WEIGHT = 1.0  # of the L2 loss between predicted and actual mask IoU
 
     # DoubleConvFCHead (under MaskExtROIHeads, which builds its predictor): conv branch for box regression,
     # fc branch for classes.
     cfg.MODEL.ROI_BOX_HEAD.DOUBLE_HEAD = CN()
-    cfg.MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.CONV_DIM = 1024
+    cfg.MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.CONV_DIM = 1024  # channels of the conv branch
     cfg.MODEL.ROI_BOX_HEAD.DOUBLE_HEAD.NUM_BLOCKS = 4  # bottleneck residual blocks
 
 
@@ -102,16 +102,16 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.MAPPER.MAX_CONSECUTIVE_BAD_IMAGES = 20
     # Large-scale jitter: resize to a random scale of IMAGE_SIZE x IMAGE_SIZE, then crop/pad to that size.
     cfg.INPUT.LSJ = CN()
-    cfg.INPUT.LSJ.IMAGE_SIZE = 1024
-    cfg.INPUT.LSJ.MIN_SCALE = 0.1
-    cfg.INPUT.LSJ.MAX_SCALE = 2.0
-    cfg.INPUT.LSJ.PAD_VALUE = 128.0
+    cfg.INPUT.LSJ.IMAGE_SIZE = 1024  # side of the square training image, in pixels
+    cfg.INPUT.LSJ.MIN_SCALE = 0.1  # smallest random scale of IMAGE_SIZE
+    cfg.INPUT.LSJ.MAX_SCALE = 2.0  # largest random scale of IMAGE_SIZE
+    cfg.INPUT.LSJ.PAD_VALUE = 128.0  # value of padded pixels, in 8-bit units
     # Simple Copy-Paste: probability that a training image receives instances of another one.
     cfg.INPUT.COPY_PASTE = CN()
-    cfg.INPUT.COPY_PASTE.PROB = 1.0
+    cfg.INPUT.COPY_PASTE.PROB = 1.0  # probability of pasting into each training image
     # Colour jitter for any plugin mapper (training only); 0 disables one effect.
     cfg.INPUT.PHOTOMETRIC = CN()
-    cfg.INPUT.PHOTOMETRIC.ENABLED = False
+    cfg.INPUT.PHOTOMETRIC.ENABLED = False  # turns the colour jitter below on
     cfg.INPUT.PHOTOMETRIC.BRIGHTNESS = 0.3  # factor in [1 - x, 1 + x]
     cfg.INPUT.PHOTOMETRIC.CONTRAST = 0.3  # factor in [1 - x, 1 + x] around the mean grey
     cfg.INPUT.PHOTOMETRIC.SATURATION = 0.3  # factor in [1 - x, 1 + x]
@@ -150,14 +150,14 @@ def _add_tiling_config(cfg: CN) -> None:
     cfg.MODEL.MASKEXT.TILING.OVERLAP = 0.2  # overlap of neighbouring tiles, as a fraction of SIZE
     # Each tile's own test-time resize (shortest edge, longest-edge cap); 0 = the tile runs as cut.
     cfg.MODEL.MASKEXT.TILING.MIN_SIZE_TEST = 0
-    cfg.MODEL.MASKEXT.TILING.MAX_SIZE_TEST = 0
+    cfg.MODEL.MASKEXT.TILING.MAX_SIZE_TEST = 0  # longest-edge cap of that resize; 0 = no cap
     cfg.MODEL.MASKEXT.TILING.BATCH_SIZE = 4  # tiles per backbone batch
     # Also run the whole image downscaled to SIZE, keeping its objects larger than the overlap.
     cfg.MODEL.MASKEXT.TILING.WHOLE_IMAGE_PASS = False
     # Same-class detections of different tiles are one object when their masks overlap this much: "ios"
     # (intersection over the smaller mask) or "iou", counted where both tiles saw the scene.
     cfg.MODEL.MASKEXT.TILING.MERGE_METRIC = "ios"
-    cfg.MODEL.MASKEXT.TILING.MERGE_THRESHOLD = 0.5
+    cfg.MODEL.MASKEXT.TILING.MERGE_THRESHOLD = 0.5  # the overlap (MERGE_METRIC) that merges, in (0, 1]
     cfg.MODEL.MASKEXT.TILING.MAX_DETECTIONS = 1000  # per image, after merging
     # Masks as compressed COCO RLEs in the Instances field "pred_masks_rle" instead of image-size pred_masks.
     cfg.MODEL.MASKEXT.TILING.RLE_OUTPUT = False

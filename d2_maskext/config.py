@@ -85,10 +85,11 @@ def _add_head_config(cfg: CN) -> None:
 def _add_data_config(cfg: CN) -> None:
     """Declared datasets, mapper choice, fault handling and augmentation options."""
     # Datasets registered at start-up in every process, without code: a list of mappings with keys name,
-    # format (coco, labelme, binary_masks, instance_id_png, voc_instances, yolo), image_root, annotations, and
-    # optionally thing_classes (list or names file), class_map (instance_id_png), crowd_as_instances (coco),
-    # split_components and min_component_area (binary_masks), split (yolo data.yaml, no image_root).
-    # See the README's data section.
+    # format (coco, labelme, binary_masks, instance_id_png, label_maps, voc_instances, yolo), image_root,
+    # annotations (label_maps: mask_root), and optionally thing_classes (list or names file), class_map
+    # (instance_id_png, label_maps), crowd_as_instances (coco), split_components and min_component_area
+    # (binary_masks), mask_suffix, class_root and class_suffix (label_maps), split (yolo data.yaml, no
+    # image_root). See docs/datasets.md.
     cfg.DATASETS.REGISTER = []
     # Paths inside annotation files (COCO file_name, LabelMe imagePath) must stay inside image_root.
     cfg.DATASETS.ALLOW_PATHS_OUTSIDE_ROOT = False

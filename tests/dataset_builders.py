@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
+import tifffile
 from detectron2.structures import BoxMode, polygons_to_bitmask
 
 
@@ -159,6 +160,47 @@ def write_instance_id_png(root: Path, scenes: list[Scene], first_id: int = 300) 
         cv2.imwrite(str(ids / f"{scene.stem}.png"), canvas)
     (root / "class_map.json").write_text(json.dumps(class_map))
     return images, ids, root / "class_map.json"
+
+
+def label_map_ids(dtype: type, count: int) -> list[int]:
+    """Non-contiguous instance ids ending at the largest value ``dtype`` holds (a 32-bit one for uint32)."""
+    top = int(np.iinfo(dtype).max)
+    return [top - 7 * k for k in range(count)]
+
+
+def write_label_map(path: Path, values: np.ndarray) -> Path:
+    """An integer image as PNG (OpenCV: 8 or 16 bits) or TIFF (tifffile: any integer dtype)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".tif":
+        tifffile.imwrite(path, values)
+    else:
+        cv2.imwrite(str(path), values)
+    return path
+
+
+def write_label_maps(
+    root: Path, scenes: list[Scene], dtype: type = np.uint16, extension: str = ".png", mask_suffix: str = "",
+    classes: list[str] | None = None,
+) -> tuple[Path, Path]:  # fmt: skip
+    """``images/`` and ``masks/<stem><mask_suffix><extension>`` instance label maps (ids from ``label_map_ids``),
+    the sidecar ``class_map.json`` (image -> id -> class) and, with ``classes``, the sidecar class maps
+    ``classes/<stem><extension>`` (1-based indices into ``classes``)."""
+    images = write_images(root / "images", scenes)
+    table = {}
+    for scene in scenes:
+        ids = np.zeros(scene.size, dtype)
+        class_values = np.zeros(scene.size, np.uint8)
+        table[scene.stem] = {}
+        for instance_id, inst in zip(label_map_ids(dtype, len(scene.instances)), scene.instances):
+            ids[inst.mask] = instance_id
+            table[scene.stem][str(instance_id)] = inst.label
+            if classes:
+                class_values[inst.mask] = classes.index(inst.label) + 1
+        write_label_map(root / "masks" / f"{scene.stem}{mask_suffix}{extension}", ids)
+        if classes:
+            write_label_map(root / "classes" / f"{scene.stem}{extension}", class_values)
+    (root / "class_map.json").write_text(json.dumps(table))
+    return images, root / "masks"
 
 
 def write_yolo(root: Path, scenes: list[Scene], names: list[str]) -> tuple[Path, Path, Path]:

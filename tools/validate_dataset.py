@@ -11,6 +11,8 @@
     python tools/validate_dataset.py --format yolo --annotations data.yaml --split val
     python tools/validate_dataset.py --format voc_instances --image-root VOC2012/JPEGImages \\
         --annotations VOC2012 --thing-classes class_names.txt
+    python tools/validate_dataset.py --format label_maps --image-root cells/images --mask-root cells/masks \\
+        --mask-suffix _masks
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", choices=format_names(), help="scan files directly in this format")
     parser.add_argument("--image-root", help="with --format: the image folder")
     parser.add_argument("--annotations", help="with --format: the annotation file or folder")
+    parser.add_argument("--mask-root", help="with --format label_maps: the label-map folder (instead of --annotations)")
+    parser.add_argument("--mask-suffix", default="", help="label_maps: masks are <image stem><suffix>.png/.tif")
+    parser.add_argument("--class-root", help="label_maps: folder of class maps, one per mask (needs --thing-classes)")
+    parser.add_argument("--class-suffix", default="", help="label_maps: class maps are <image stem><suffix>.png/.tif")
     parser.add_argument("--thing-classes", help="with --format: names file, or comma-separated class names")
-    parser.add_argument("--class-map", help="with --format instance_id_png: the class map JSON")
+    parser.add_argument("--class-map", help="with --format instance_id_png or label_maps: the class map JSON")
     parser.add_argument("--split", help="with --format yolo and a data.yaml as --annotations: train, val or test")
     parser.add_argument("--crowd-as-instances", action="store_true", help="coco: use iscrowd 1 as instances")
     parser.add_argument("--split-components", action="store_true", help="binary_masks: one instance per component")
@@ -47,8 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if bool(args.format) == bool(args.config_file):
         parser.error("give either --config-file or --format (with --image-root and --annotations)")
-    if args.format and not (args.annotations and (args.image_root or args.split)):
-        parser.error("--format needs --image-root and --annotations (or a YOLO data.yaml with --split)")
+    if args.format and not ((args.annotations or args.mask_root) and (args.image_root or args.split)):
+        parser.error("--format needs --image-root and --annotations or --mask-root (or a YOLO data.yaml with --split)")
     return args
 
 
@@ -62,10 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.format:
         source = register_dataset(
-            f"validate:{args.annotations}",
+            f"validate:{args.annotations or args.mask_root}",
             args.format,
             args.image_root,
             args.annotations,
+            mask_root=args.mask_root,
+            mask_suffix=args.mask_suffix,
+            class_root=args.class_root,
+            class_suffix=args.class_suffix,
             thing_classes=_thing_classes(args.thing_classes),
             class_map=args.class_map,
             allow_outside_root=args.allow_outside_root,

@@ -25,7 +25,18 @@ from .formats.yolo import is_data_yaml, resolve_data_yaml
 logger = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("name", "format", "image_root", "annotations")
-OPTIONAL_KEYS = ("thing_classes", "class_map", "split", "crowd_as_instances", "split_components", "min_component_area")
+OPTIONAL_KEYS = (
+    "thing_classes",
+    "class_map",
+    "split",
+    "crowd_as_instances",
+    "split_components",
+    "min_component_area",
+    "mask_root",
+    "mask_suffix",
+    "class_root",
+    "class_suffix",
+)
 _SOURCES: dict[str, DatasetSource] = {}
 
 
@@ -61,7 +72,7 @@ def register_dataset(
     name: str,
     format: str,
     image_root: str | os.PathLike | None,
-    annotations: str | os.PathLike,
+    annotations: str | os.PathLike | None = None,
     *,
     thing_classes: Sequence[str] | str | os.PathLike | None = None,
     class_map: str | os.PathLike | None = None,
@@ -70,21 +81,32 @@ def register_dataset(
     crowd_as_instances: bool = False,
     split_components: bool = False,
     min_component_area: int = 1,
+    mask_root: str | os.PathLike | None = None,
+    mask_suffix: str = "",
+    class_root: str | os.PathLike | None = None,
+    class_suffix: str = "",
 ) -> DatasetSource:
     """Register ``name`` in Detectron2's catalogs.
 
-    ``format`` is one of ``coco``, ``labelme``, ``binary_masks``, ``instance_id_png``, ``voc_instances``,
-    ``yolo`` (or one added with ``@dataset_format``). ``annotations`` is the COCO JSON file, the VOC folder
-    holding ``SegmentationObject/`` and ``SegmentationClass/``, or the folder of LabelMe JSONs, masks or YOLO
-    labels. ``thing_classes`` is a list of class names or a names file (required for YOLO and VOC, optional
-    for LabelMe and mask folders, where classes are otherwise discovered). For YOLO, ``annotations`` may be
-    the ``data.yaml`` with ``split`` (``train``/``val``/``test``) instead, and ``image_root`` is then None.
+    ``format`` is one of ``coco``, ``labelme``, ``binary_masks``, ``instance_id_png``, ``label_maps``,
+    ``voc_instances``, ``yolo`` (or one added with ``@dataset_format``). ``annotations`` is the COCO JSON file,
+    the VOC folder holding ``SegmentationObject/`` and ``SegmentationClass/``, or the folder of LabelMe JSONs,
+    masks or YOLO labels; for ``label_maps`` it may be named ``mask_root``, with ``mask_suffix``,
+    ``class_root`` and ``class_suffix`` (see ``formats/label_maps.py``). ``thing_classes`` is a list of class
+    names or a names file (required for YOLO and VOC, optional for LabelMe and mask folders, where classes are
+    otherwise discovered). For YOLO, ``annotations`` may be the ``data.yaml`` with ``split``
+    (``train``/``val``/``test``) instead, and ``image_root`` is then None.
     ``crowd_as_instances`` (COCO) trains on ``iscrowd: 1`` annotations; ``split_components`` with
     ``min_component_area`` (binary_masks) splits per-class masks into instances. Registering the same
     declaration again is a no-op; a different one under a taken name is an error.
     """
     if format not in format_names():
         raise ValueError(f"dataset '{name}': unknown format {format!r}; known formats: {format_names()}")
+    if format != "label_maps" and (mask_root is not None or mask_suffix or class_root is not None or class_suffix):
+        raise ValueError(f"dataset '{name}': mask_root, mask_suffix, class_root and class_suffix are options of format label_maps")
+    if (annotations is None) == (mask_root is None):
+        raise ValueError(f"dataset '{name}': give annotations (for label_maps also called mask_root), exactly once")
+    annotations = annotations if annotations is not None else mask_root
     if format == "yolo" and is_data_yaml(annotations):
         data_yaml = Path(annotations)
         image_root, annotations = resolve_data_yaml(data_yaml, split)
@@ -112,6 +134,9 @@ def register_dataset(
         crowd_as_instances=bool(crowd_as_instances),
         split_components=bool(split_components),
         min_component_area=min_component_area,
+        mask_suffix=mask_suffix,
+        class_root=Path(class_root) if class_root is not None else None,
+        class_suffix=class_suffix,
     )
     if name in _SOURCES:
         if _SOURCES[name] == source:
@@ -135,8 +160,8 @@ def register_declared_datasets(cfg: CfgNode) -> list[str]:
 
     Each entry is a mapping with keys ``name``, ``format``, ``image_root``, ``annotations`` and optionally
     the other arguments of :func:`register_dataset` (keys are case-insensitive; ``image_root`` may be omitted
-    for a YOLO ``data.yaml`` with ``split``); relative paths are relative to the working directory, as for
-    Detectron2's built-in datasets.
+    for a YOLO ``data.yaml`` with ``split``, and ``label_maps`` may name ``annotations`` ``mask_root``);
+    relative paths are relative to the working directory, as for Detectron2's built-in datasets.
     """
     names = []
     for index, entry in enumerate(cfg.DATASETS.REGISTER):
@@ -144,7 +169,10 @@ def register_declared_datasets(cfg: CfgNode) -> list[str]:
         if not isinstance(entry, dict):
             raise ValueError(f"{where} must be a mapping with keys {REQUIRED_KEYS} (+ optional {OPTIONAL_KEYS}), got {entry!r}")
         entry = {str(k).lower(): v for k, v in entry.items()}
-        missing = [k for k in REQUIRED_KEYS if k not in entry and not (k == "image_root" and "split" in entry)]
+        missing = [
+            k for k in REQUIRED_KEYS
+            if k not in entry and not (k == "image_root" and "split" in entry) and not (k == "annotations" and "mask_root" in entry)
+        ]  # fmt: skip
         unknown = sorted(set(entry) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
         if missing or unknown:
             raise ValueError(

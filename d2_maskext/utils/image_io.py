@@ -287,6 +287,20 @@ def decode_label_png(data: bytes, name: str) -> np.ndarray:
     return _decode(name, _label_array, data)
 
 
+LABEL_MAP_EXTENSIONS = (".png", ".tif", ".tiff")
+
+
+def read_label_map(path: str | os.PathLike) -> np.ndarray:
+    """An instance or class label map as a 2-D integer array: a single-channel PNG (``read_label_png``) or a
+    TIFF read with tifffile (8-, 16- or 32-bit integers; the first series, one channel)."""
+    if Path(path).suffix.lower() not in _TIFF_EXTENSIONS:
+        return read_label_png(path)
+    labels = read_raw_image(path, keep_dtype=True)
+    if labels.shape[2] != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ImageReadError(path, f"expected a single-channel integer label map, got {labels.shape[2]} {labels.dtype} channel(s)")
+    return labels[:, :, 0]
+
+
 def list_images(root: Path, exclude: Path | None = None) -> list[Path]:
     """Image files under ``root`` (recursive, sorted), as paths relative to ``root``; ``exclude`` is skipped."""
     skip = os.path.abspath(exclude) if exclude is not None else None

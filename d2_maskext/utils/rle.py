@@ -17,3 +17,36 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     rle = mask_util.encode(np.asfortranarray(mask != 0, dtype=np.uint8))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
+
+
+def label_map_rles(labels: np.ndarray) -> dict[int, dict]:
+    """Compressed RLE of every instance of a label map (0 is background, every other value one instance).
+
+    Works on the runs of equal values in column-major order (the order of COCO RLE) instead of one
+    full-size boolean mask per instance, so memory grows with the number of runs, not instances x pixels;
+    each instance's runs become its uncompressed RLE, which pycocotools compresses exactly.
+    """
+    if labels.ndim != 2:
+        raise ValueError(f"expected an H x W label map, got shape {labels.shape}")
+    height, width = labels.shape
+    flat = labels.ravel(order="F")
+    starts = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
+    ends = np.append(starts[1:], flat.size)
+    values = flat[starts]
+    foreground = values != 0
+    starts, ends, values = starts[foreground], ends[foreground], values[foreground]
+    order = np.argsort(values, kind="stable")  # runs grouped by instance, each group in pixel order
+    starts, ends, values = starts[order], ends[order], values[order]
+    ids, first = np.unique(values, return_index=True)
+    rles = {}
+    for instance_id, lo, hi in zip(ids.tolist(), first, np.append(first[1:], values.size)):
+        run_starts, run_ends = starts[lo:hi], ends[lo:hi]
+        counts = np.empty(2 * (hi - lo) + 1, np.int64)
+        counts[0:-1:2] = run_starts - np.concatenate([[0], run_ends[:-1]])  # background before each run
+        counts[1::2] = run_ends - run_starts
+        counts[-1] = flat.size - run_ends[-1]  # trailing background, written as pycocotools' encode does
+        counts = counts if counts[-1] else counts[:-1]
+        rle = mask_util.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+        rle["counts"] = rle["counts"].decode("ascii")
+        rles[instance_id] = rle
+    return rles

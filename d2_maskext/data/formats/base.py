@@ -35,7 +35,7 @@ class DatasetSource:
     annotations: Path
     # Class names in contiguous-id order, or a names file (one per line, or a YAML with ``names``).
     thing_classes: tuple[str, ...] | Path | None = None
-    # instance_id_png only: JSON {image path without extension: {instance id: class name}}.
+    # instance_id_png and label_maps: JSON {image path without extension: {instance id: class name}}.
     class_map: Path | None = None
     # Accept paths inside annotation files (COCO file_name, LabelMe imagePath) that leave image_root.
     allow_outside_root: bool = False
@@ -45,6 +45,12 @@ class DatasetSource:
     # (8-connectivity); components smaller than min_component_area pixels are dropped and counted.
     split_components: bool = False
     min_component_area: int = 1
+    # label_maps only (``annotations`` is the mask root): masks are named ``<image stem><mask_suffix>``; a
+    # class map per mask (pixel values: 1-based indices into thing_classes) lies under class_root, named
+    # ``<image stem><class_suffix>``.
+    mask_suffix: str = ""
+    class_root: Path | None = None
+    class_suffix: str = ""
 
 
 @dataclass
@@ -246,7 +252,11 @@ def polygon_annotation(
 
 def mask_annotation(mask: np.ndarray, category_id: int, problems: ProblemLog, file, where: str) -> dict | None:
     """Annotation with the mask as compressed RLE (exact, holes included) and its tight box."""
-    rle = mask_to_rle(mask)
+    return rle_annotation(mask_to_rle(mask), category_id, problems, file, where)
+
+
+def rle_annotation(rle: dict, category_id: int, problems: ProblemLog, file, where: str) -> dict | None:
+    """Annotation with a compressed RLE mask and its tight box; None (recorded) if the mask is empty."""
     x, y, w, h = (float(v) for v in mask_util.toBbox(rle))
     if w <= 0 or h <= 0:
         problems.add("zero_area_box", file, where, "mask is empty")

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ...utils.image_io import ImageReadError, read_label_png
+from ...utils.image_io import ImageReadError, read_label_map
 from .base import (
     DatasetSource,
     LoadedDataset,
@@ -50,7 +50,7 @@ def load_binary_masks(source: DatasetSource, problems: ProblemLog) -> LoadedData
 
     def read(image: Path, masks: list[Path], size: tuple[int, int], categories, annotations, problems) -> None:
         for path in masks:
-            mask = read_sized_label_png(path, size, problems)
+            mask = read_sized_label_map(path, image, size, problems)
             if mask is None:
                 continue
             pieces = _components(mask > 0, source.min_component_area, path, problems) if source.split_components else [("", mask > 0)]
@@ -76,7 +76,7 @@ def load_instance_id_png(source: DatasetSource, problems: ProblemLog) -> LoadedD
 
     def read(image: Path, pngs: list[Path], size: tuple[int, int], categories, annotations, problems) -> None:
         for path in pngs:
-            ids = read_sized_label_png(path, size, problems)
+            ids = read_sized_label_map(path, image, size, problems)
             if ids is None:
                 continue
             key = path.relative_to(folder).with_suffix("").as_posix()
@@ -127,14 +127,16 @@ def _load_images(source: DatasetSource, problems: ProblemLog, files: list[Path],
     return LoadedDataset(records, categories.resolve(problems))
 
 
-def read_sized_label_png(path: Path, size: tuple[int, int], problems: ProblemLog) -> np.ndarray | None:
-    """A label PNG (mask, instance or class indices) of the image's ``size``; None after recording why not."""
+def read_sized_label_map(path: Path, image: Path, size: tuple[int, int], problems: ProblemLog) -> np.ndarray | None:
+    """A label PNG or TIFF (mask, instance or class indices) of ``image``'s ``size``; None after recording why not."""
     try:
-        mask = read_label_png(path)
+        mask = read_label_map(path)
     except ImageReadError as e:
         problems.add("unreadable_image", path, "", e.reason)
         return None
     if mask.shape != size:
-        problems.add("size_mismatch", path, "", f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {size[1]}x{size[0]}")
+        problems.add(
+            "size_mismatch", path, "", f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {size[1]}x{size[0]} ({image})"
+        )
         return None
     return mask

@@ -36,6 +36,9 @@ PROBLEM_KINDS: dict[str, ProblemKind] = {
     "path_outside_root": ProblemKind(Severity.FATAL, "path in an annotation file points outside the dataset root"),
     "unknown_category": ProblemKind(Severity.FATAL, "category is not in the class list"),
     "duplicate_id": ProblemKind(Severity.FATAL, "image id, annotation id or image file used twice"),
+    "unclear_instance_class": ProblemKind(
+        Severity.FATAL, "instance whose class-map pixels are mostly background (0) or tie between classes"
+    ),
     "degenerate_polygon": ProblemKind(Severity.DROPPED, "polygon with fewer than 3 points (instance dropped if none is left)"),
     "zero_area_box": ProblemKind(Severity.DROPPED, "box or mask with zero area (instance dropped)"),
     "missing_segmentation": ProblemKind(Severity.DROPPED, "instance without a mask in a dataset with masks (dropped)"),
@@ -43,9 +46,11 @@ PROBLEM_KINDS: dict[str, ProblemKind] = {
         Severity.DROPPED, "LabelMe shape without area (point, line, linestrip) or labelled _background_ (skipped)"
     ),
     "small_component": ProblemKind(Severity.DROPPED, "connected component under min_component_area (dropped)"),
+    "missing_mask": ProblemKind(Severity.DROPPED, "image without its label map or class map (image skipped)"),
     "mixed_instance_class": ProblemKind(Severity.KEPT, "instance whose pixels carry several classes (the most frequent is used)"),
     "polygon_outside_image": ProblemKind(Severity.KEPT, "polygon points outside the image (clipped when rasterized)"),
     "mostly_crowd": ProblemKind(Severity.KEPT, "most instances are crowd (iscrowd 1), so training ignores them"),
+    "empty_label_map": ProblemKind(Severity.KEPT, "label map that is all background (0): the image has no instances"),
     "no_annotations": ProblemKind(Severity.KEPT, "image without annotations (DATALOADER.FILTER_EMPTY_ANNOTATIONS decides)"),
 }
 

@@ -27,7 +27,7 @@ from .base import (
     read_class_names,
 )
 from .labelme import IGNORE_LABEL
-from .mask_png import read_sized_label_png
+from .mask_png import read_sized_label_map
 from .problems import DatasetError, ProblemLog
 
 VOID = 255
@@ -74,8 +74,8 @@ def _read_image(source: DatasetSource, relative: Path, num_classes: int, problem
         problems.add("malformed", objects_png, "", f"no class PNG {classes_png} for this instance PNG")
         return None
     size = checked_image_size(image, problems)
-    objects = size and read_sized_label_png(objects_png, size, problems)
-    classes = size and read_sized_label_png(classes_png, size, problems)
+    objects = size and read_sized_label_map(objects_png, image, size, problems)
+    classes = size and read_sized_label_map(classes_png, image, size, problems)
     if objects is None or classes is None:
         return None
     annotations = []

@@ -109,7 +109,7 @@ def read_image(path: str | os.PathLike, image_format: str | None) -> np.ndarray:
 
 def _pillow_needs_raw(image: Image.Image) -> bool:
     """Whether Pillow would reduce this image's pixels to 8 bits (16-bit, 32-bit integer or float modes)."""
-    rawmodes = [tile.args for tile in image.tile if isinstance(tile.args, str)]
+    rawmodes = [tile[3] for tile in image.tile if isinstance(tile[3], str)]  # (codec, extents, offset, args)
     return image.mode in ("I", "F") or image.mode.startswith("I;16") or any(";16" in m for m in rawmodes)
 
 

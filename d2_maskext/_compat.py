@@ -107,9 +107,6 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("detectron2.engine:create_ddp_model", "the trainer"),
     Requirement("detectron2.modeling:StandardROIHeads._init_box_head", "the ROI heads' pooler choice"),
     Requirement("detectron2.modeling:StandardROIHeads._init_mask_head", "the ROI heads' pooler choice"),
-    Requirement(
-        "detectron2.modeling.roi_heads.mask_head:build_mask_head", "mask heads that pool their own features"
-    ),
     Requirement("detectron2.modeling:GeneralizedRCNN._postprocess", "the Mask R-CNN meta-architecture"),
     Requirement("detectron2.modeling.poolers:assign_boxes_to_levels", "the fused FPN pooler"),
     Requirement("detectron2.layers:DepthwiseSeparableConv2d", "the lightweight mask head"),

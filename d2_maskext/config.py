@@ -36,9 +36,11 @@ def _add_compute_config(cfg: CN) -> None:
     training and inference alike."""
     # Convolution weights and activations in channels-last (NHWC) memory format.
     cfg.MODEL.MASKEXT.CHANNELS_LAST = False
-    # "float32", "bfloat16" (CPU with AVX512-BF16/AMX, or GPU; float32 is used on CPUs without them), or
-    # "float16" (GPU only; training it needs SOLVER.AMP.ENABLED for loss scaling). Boxes, scores, losses,
-    # mask pasting and weights stay float32.
+    # The model's compute dtype in training AND inference: "float32", "bfloat16" (CPU with AVX512-BF16/AMX
+    # or GPU; float32 runs on CPUs without them, float16 on GPUs without bfloat16, each with a warning) or
+    # "float16" (GPU only). SOLVER.AMP.ENABLED instead autocasts the training loop only (float16 with loss
+    # scaling on GPU, bfloat16 on CPU). With both set, this dtype wins and AMP adds the loss scaling, which
+    # float16 training needs. Boxes, scores, losses, mask pasting and weights stay float32.
     cfg.MODEL.MASKEXT.PRECISION = "float32"
 
 
@@ -61,8 +63,10 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.ROI_MASK_HEAD.BOUNDARY.LOSS_WEIGHT = 1.0  # for both its BCE and Dice terms
 
     # HighResMaskHead: 4x POOLER_RESOLUTION masks refined with finer FPN features. It pools its own
-    # inputs with the stock MODEL.ROI_MASK_HEAD.POOLER_* keys (MaskExtROIHeads builds no pooler for it).
+    # inputs, so it needs MODEL.ROI_MASK_HEAD.POOLER_TYPE "" (Detectron2's convention, as for PointRend);
+    # its poolers use POOLER_RESOLUTION and POOLER_SAMPLING_RATIO.
     cfg.MODEL.ROI_MASK_HEAD.HIRES = CN()
+    cfg.MODEL.ROI_MASK_HEAD.HIRES.POOLER_TYPE = "ROIAlignV2"  # the head's own poolers
     cfg.MODEL.ROI_MASK_HEAD.HIRES.FINE_FEATURE = "p2"  # FPN level (in ROI_HEADS.IN_FEATURES) that refines
     cfg.MODEL.ROI_MASK_HEAD.HIRES.NUM_CONV = 2  # refinement convs at 2x POOLER_RESOLUTION
 

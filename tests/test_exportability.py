@@ -27,7 +27,7 @@ from d2_maskext.config import add_maskext_config
 from d2_maskext.export.scripting import INSTANCE_FIELDS
 from d2_maskext.layers import HAS_C_EXT, FusedROIPooler
 from d2_maskext.layers._ext import ROI_ALIGN_DEVICE_TYPES
-from d2_maskext.modeling.heads import DoubleConvFCHead
+from d2_maskext.modeling.roi_heads import DoubleConvFCHead
 
 pytestmark = pytest.mark.skipif(not HAS_C_EXT, reason="scripting calls the compiled d2_maskext::roi_align op")
 
@@ -155,7 +155,8 @@ def _roi_heads_inputs(num_channels: int) -> tuple[ImageList, dict[str, Tensor], 
     "opts",
     [[f"MODEL.ROI_MASK_HEAD.NAME={name}"] for name in MASK_HEADS]
     + [
-        ["MODEL.ROI_MASK_HEAD.NAME=HighResMaskHead", "MODEL.ROI_MASK_HEAD.HIRES.FINE_FEATURE=res4"],
+        ["MODEL.ROI_MASK_HEAD.NAME=HighResMaskHead", "MODEL.ROI_MASK_HEAD.POOLER_TYPE=",
+         "MODEL.ROI_MASK_HEAD.HIRES.FINE_FEATURE=res4"],
         ["MODEL.ROI_BOX_HEAD.NAME=DoubleConvFCHead"],
         ["MODEL.ROI_HEADS.NAME=MaskScoringROIHeads"],
     ],

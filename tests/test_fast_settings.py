@@ -77,10 +77,11 @@ def test_every_pooler_type_trains_under_mixed_precision(tmp_path, pooler_type: s
     assert math.isfinite(trainer.storage.latest()["total_loss"][0])
 
 
-def test_float16_is_refused_on_cpu_and_without_loss_scaling(tmp_path):
+def test_float16_is_refused_on_cpu(tmp_path):
+    """Before training starts; float16 without loss scaling on GPU is refused too (tests/test_precision.py)."""
     with pytest.raises(ValueError, match="float16 is not supported on CPU"):
         precision.resolve_compute_settings(False, torch.float16, "cpu")
-    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED"):
+    with pytest.raises(ValueError, match="float16 is not supported on CPU"):
         Trainer(tiny_cfg(tmp_path, "MODEL.META_ARCHITECTURE", "MaskExtRCNN", "MODEL.MASKEXT.PRECISION", "float16"))
 
 

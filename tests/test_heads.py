@@ -12,7 +12,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
+from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead, mask_rcnn_loss
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from train_net_runner import shrink_to_tiny
@@ -20,7 +20,7 @@ from train_net_runner import shrink_to_tiny
 from d2_maskext.config import add_maskext_config
 from d2_maskext.data.mappers import build_mapper
 from d2_maskext.layers import FusedROIPooler
-from d2_maskext.modeling.heads import (
+from d2_maskext.modeling.roi_heads import (
     BoundaryMaskHead,
     DoubleHeadOutputLayers,
     HighResMaskHead,
@@ -29,8 +29,13 @@ from d2_maskext.modeling.heads import (
     MaskLoss,
     MaskScoringROIHeads,
 )
-from d2_maskext.modeling.heads.mask_losses import dice_loss, mask_boundary, select_mask_targets
-from d2_maskext.modeling.heads.mask_scoring import mask_iou_targets
+from d2_maskext.modeling.roi_heads.mask_losses import (
+    dice_loss,
+    mask_boundary,
+    options_changing_stock_loss,
+    select_mask_targets,
+)
+from d2_maskext.modeling.roi_heads.maskiou_head import mask_iou_targets
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASE = CONFIGS / "synthetic" / "Base-Synthetic-R18-GN.yaml"
@@ -267,7 +272,6 @@ def test_mask_head_layers_trace(variant: str):
     [
         ("MODEL.ROI_HEADS.NAME", "MaskScoringROIHeads", "roi_heads", MaskScoringROIHeads),
         ("MODEL.ROI_MASK_HEAD.NAME", "BoundaryMaskHead", "roi_heads.mask_head", BoundaryMaskHead),
-        ("MODEL.ROI_MASK_HEAD.NAME", "HighResMaskHead", "roi_heads.mask_head", HighResMaskHead),
         ("MODEL.ROI_MASK_HEAD.NAME", "LightMaskHead", "roi_heads.mask_head", LightMaskHead),
         ("MODEL.ROI_MASK_HEAD.NAME", "MaskExtConvUpsampleHead", "roi_heads.mask_head", MaskExtConvUpsampleHead),
         ("MODEL.ROI_BOX_HEAD.NAME", "DoubleConvFCHead", "roi_heads.box_predictor", DoubleHeadOutputLayers),
@@ -279,25 +283,33 @@ def test_each_variant_is_selected_by_its_name_line_alone(key: str, name: str, mo
 
 
 @pytest.mark.parametrize("pooler", POOLERS)
-def test_hires_head_pools_its_own_features_with_the_stock_pooler_keys(pooler: str):
-    """The ROI heads build no mask pooler for it; its own poolers follow ``ROI_MASK_HEAD.POOLER_*``."""
+def test_hires_head_pools_its_own_features_with_its_pooler_keys(pooler: str):
+    """The ROI heads build no mask pooler for it; its own poolers follow ``ROI_MASK_HEAD.HIRES.POOLER_TYPE``."""
     roi_heads = build_model(tiny_cfg("hires_mask_head", "MODEL.MASKEXT.POOLER", pooler)).roi_heads
     assert roi_heads.mask_pooler is None
     head = roi_heads.mask_head
     for own_pooler, size in ((head.coarse_pooler, 14), (head.fine_pooler, 28)):
         assert type(own_pooler) is (FusedROIPooler if pooler == "fused" else ROIPooler)
         assert own_pooler.output_size == (size, size) and own_pooler.level_poolers[0].aligned
-    unaligned = build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIAlign")).roi_heads
+    unaligned = build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_MASK_HEAD.HIRES.POOLER_TYPE", "ROIAlign")).roi_heads
     assert not unaligned.mask_head.coarse_pooler.level_poolers[0].aligned
 
 
 def test_hires_head_config_errors_name_the_key():
-    with pytest.raises(ValueError, match="POOLER_TYPE: set it to a pooler type"):
-        build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", ""))
+    with pytest.raises(ValueError, match="HIRES.POOLER_TYPE: set it to a pooler type"):
+        build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_MASK_HEAD.HIRES.POOLER_TYPE", ""))
     with pytest.raises(ValueError, match="FINE_FEATURE"):
         build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_MASK_HEAD.HIRES.FINE_FEATURE", "p1"))
-    with pytest.raises(ValueError, match="pools its own features.*use MaskExtROIHeads"):
-        build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_HEADS.NAME", "StandardROIHeads"))
+    with pytest.raises(ValueError, match="pools its own features: set MODEL.ROI_MASK_HEAD.POOLER_TYPE to ''"):
+        build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIAlignV2"))
+
+
+def test_hires_head_runs_under_detectron2_roi_heads(fixed_batch: list[dict]):
+    """An empty POOLER_TYPE is Detectron2's own convention, so stock StandardROIHeads passes it the features."""
+    model = build_model(tiny_cfg("hires_mask_head", "MODEL.ROI_HEADS.NAME", "StandardROIHeads")).train()
+    assert model.roi_heads.mask_pooler is None and isinstance(model.roi_heads.mask_head, HighResMaskHead)
+    with EventStorage():
+        assert "loss_mask" in model(fixed_batch)
 
 
 def test_double_head_needs_roi_heads_that_build_its_predictor():
@@ -318,7 +330,7 @@ def test_mask_scoring_requires_pooled_mask_features():
     with pytest.raises(ValueError, match="POOLER_TYPE"):
         build_model(tiny_cfg("mask_scoring", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", ""))
     with pytest.raises(ValueError, match="needs pooled mask features.*'HighResMaskHead'"):
-        build_model(tiny_cfg("mask_scoring", "MODEL.ROI_MASK_HEAD.NAME", "HighResMaskHead"))
+        build_model(tiny_cfg("mask_scoring", "MODEL.ROI_MASK_HEAD.NAME", "HighResMaskHead", "MODEL.ROI_MASK_HEAD.POOLER_TYPE", ""))
 
 
 @pytest.mark.parametrize(("key", "value"), [("DICE_WEIGHT", "1.0"), ("BOUNDARY_BCE_WEIGHT", "2.0"), ("WEIGHT", "0.5")])
@@ -328,3 +340,10 @@ def test_loss_options_on_detectron2_mask_head_raise_and_name_the_plugin_head(key
         build_model(tiny_cfg(BASE, f"MODEL.ROI_MASK_HEAD.LOSS.{key}", value))
     plugin_head = tiny_cfg(BASE, f"MODEL.ROI_MASK_HEAD.LOSS.{key}", value, "MODEL.ROI_MASK_HEAD.NAME", "MaskExtConvUpsampleHead")
     assert isinstance(build_model(plugin_head).roi_heads.mask_head, MaskExtConvUpsampleHead)
+
+
+def test_default_loss_options_are_detectron2_loss():
+    """Stock heads under MaskExtROIHeads are refused only for options that change Detectron2's loss."""
+    assert options_changing_stock_loss(add_maskext_config(get_cfg())) == []
+    assert isinstance(build_model(tiny_cfg(BASE, "MODEL.ROI_MASK_HEAD.LOSS.BOUNDARY_WIDTH", "2")).roi_heads.mask_head,
+                      MaskRCNNConvUpsampleHead)

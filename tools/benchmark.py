@@ -24,10 +24,10 @@ from detectron2.config import instantiate
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
-from omegaconf import OmegaConf
 
 from d2_maskext.cli.config_loading import LoadedConfig, load_config
 from d2_maskext.engine.trainer import training_loop_class
+from d2_maskext.modeling.precision import amp_enabled
 
 TASKS = ("train", "eval", "data")
 logger = logging.getLogger("d2_maskext.benchmark")
@@ -43,12 +43,6 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides: 'KEY VALUE' pairs (YAML) or 'key=value' items (lazy configs)")  # fmt: skip
     return parser.parse_args(argv)
-
-
-def _amp_enabled(config: LoadedConfig) -> bool:
-    if config.is_lazy:
-        return bool(OmegaConf.select(config.config, "train.amp.enabled", default=False))
-    return config.config.SOLVER.AMP.ENABLED
 
 
 def _optimizer(config: LoadedConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -80,7 +74,7 @@ def _cycle(batches: Iterable[list[dict]], count: int) -> Iterable[list[dict]]:
 def benchmark_train(config: LoadedConfig, args: Namespace) -> float:
     model = config.build_model().train()
     data = _cycle(config.build_train_loader(), args.num_batches)
-    loop = training_loop_class(_amp_enabled(config), model)(model, data, _optimizer(config, model))
+    loop = training_loop_class(amp_enabled(config.config), model)(model, data, _optimizer(config, model))
     with EventStorage() as loop.storage:  # the loop logs its losses there
         return time_iterations(loop.run_step, args.warmup, args.max_iter)
 

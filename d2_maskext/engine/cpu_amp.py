@@ -9,19 +9,17 @@ checkpoints stay float32, so checkpoints are interchangeable with float32 runs.
 
 from __future__ import annotations
 
-import logging
 import time
 
 import torch
 from detectron2.engine import SimpleTrainer
 
-from ..modeling.precision import cpu_supports_fast_bfloat16, prepare_for_autocast
-
-logger = logging.getLogger(__name__)
+from ..modeling.precision import amp_autocast_dtype, prepare_for_autocast
 
 
 class CPUAutocastTrainer(SimpleTrainer):
-    """``SimpleTrainer`` whose forward pass and losses run under ``torch.autocast("cpu", torch.bfloat16)``.
+    """``SimpleTrainer`` whose forward pass and losses run under CPU autocast, in the dtype
+    :func:`~d2_maskext.modeling.precision.amp_autocast_dtype` decides (bfloat16).
 
     Backward and the optimizer step run outside autocast, as PyTorch recommends; autograd computes each
     gradient in the dtype its forward op used.
@@ -30,11 +28,7 @@ class CPUAutocastTrainer(SimpleTrainer):
     def __init__(self, model: torch.nn.Module, data_loader, optimizer: torch.optim.Optimizer) -> None:
         super().__init__(model, data_loader, optimizer)
         prepare_for_autocast(model)
-        if not cpu_supports_fast_bfloat16():
-            logger.warning(
-                "SOLVER.AMP.ENABLED on a CPU without native bfloat16 (AVX512-BF16/AMX): training is correct "
-                "but likely slower than float32; set SOLVER.AMP.ENABLED False."
-            )
+        self.autocast_dtype = amp_autocast_dtype("cpu")
 
     def run_step(self) -> None:
         if not self.model.training:
@@ -43,7 +37,7 @@ class CPUAutocastTrainer(SimpleTrainer):
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=self.autocast_dtype):
             loss_dict = self.model(data)
         losses = sum(loss.float() for loss in loss_dict.values())
 

@@ -33,6 +33,7 @@ from ..checkpoint import SafeCheckpointer
 from ..config import lazy_dataset_names
 from ..evaluation.coco_metrics import load_results_json, result_tasks
 from ..evaluation.report import ReportOptions, build_report, dataset_ground_truth
+from ..modeling.precision import amp_enabled
 from .hooks import OptimizerStepCounter
 from .trainer import ddp_device_ids, training_loop_class
 
@@ -132,7 +133,7 @@ def lazy_train(cfg: DictConfig, resume: bool) -> None:
     train_loader = instantiate(cfg.dataloader.train)
     check_dataset_classes(cfg)
     model = create_ddp_model(model, device_ids=ddp_device_ids(model), **_select(cfg, "train.ddp", {}))
-    trainer = training_loop_class(bool(_select(cfg, "train.amp.enabled", False)), model)(model, train_loader, optimizer)
+    trainer = training_loop_class(amp_enabled(cfg), model)(model, train_loader, optimizer)
     checkpointer = lazy_checkpointer(cfg, model, trainer=trainer)
     output_dir = _select(cfg, "train.output_dir", "./output")
     max_iter = int(cfg.train.max_iter)

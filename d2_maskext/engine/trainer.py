@@ -9,7 +9,6 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (
@@ -28,6 +27,8 @@ from torch import nn
 from ..checkpoint import SafeCheckpointer
 from ..data.mappers import build_mapper
 from ..evaluation import build_evaluator
+from ..modeling.meta_arch import MaskExtRCNN
+from ..modeling.precision import ComputeSettings, amp_enabled, training_dtype
 from .cpu_amp import CPUAutocastTrainer
 from .hooks import OptimizerStepCounter
 
@@ -41,19 +42,16 @@ def ddp_device_ids(model: nn.Module) -> list[int] | None:
     return [comm.get_local_rank()] if _is_cuda_model(model) else None
 
 
-def training_loop_class(amp_enabled: bool, model: nn.Module) -> type[SimpleTrainer]:
-    """Detectron2's loops, plus bfloat16 autocast when AMP (``SOLVER.AMP.ENABLED``, lazy ``train.amp.enabled``)
-    is asked for on a CPU model.
+def training_loop_class(amp: bool, model: nn.Module) -> type[SimpleTrainer]:
+    """Detectron2's loops, plus bfloat16 autocast when AMP (:func:`amp_enabled`) is asked for on a CPU model.
 
-    ``MaskExtRCNN`` applies its own precision inside the model; float16 needs the gradient scaler of
-    Detectron2's ``AMPTrainer``, so it is refused without AMP.
+    ``MaskExtRCNN`` applies its own precision inside the model; :func:`training_dtype` says what runs and
+    refuses float16 without the gradient scaler of Detectron2's ``AMPTrainer``.
     """
-    if not amp_enabled:
-        if getattr(getattr(model, "module", model), "precision", torch.float32) == torch.float16:
-            raise ValueError(
-                "MODEL.MASKEXT.PRECISION float16 needs loss scaling in training: set SOLVER.AMP.ENABLED True "
-                "(lazy configs: train.amp.enabled=True; Detectron2's AMPTrainer), or use bfloat16"
-            )
+    network = getattr(model, "module", model)  # unwrapped from DistributedDataParallel
+    settings = network.compute_settings if isinstance(network, MaskExtRCNN) else ComputeSettings()
+    training_dtype(settings, amp, "cuda" if _is_cuda_model(model) else "cpu")
+    if not amp:
         return SimpleTrainer
     return AMPTrainer if _is_cuda_model(model) else CPUAutocastTrainer
 
@@ -96,7 +94,7 @@ class Trainer(DefaultTrainer):
         """The loop of :func:`training_loop_class` around ``model``, wrapped for distributed training on CPU
         and GPU alike."""
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=ddp_device_ids(model))
-        return training_loop_class(cfg.SOLVER.AMP.ENABLED, model)(model, data_loader, optimizer)
+        return training_loop_class(amp_enabled(cfg), model)(model, data_loader, optimizer)
 
     @classmethod
     def build_checkpointer(cls, cfg: CfgNode, model: nn.Module, **checkpointables: Any) -> SafeCheckpointer:

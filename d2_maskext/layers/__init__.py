@@ -2,8 +2,7 @@
 
 from ._ext import HAS_C_EXT
 from .fused_conv import FusedConv2d, fuse_convolutions
-from .fused_pooler import FusedROIPooler
-from .pooler import POOLER_CHOICES, convert_pooler
+from .fused_pooler import POOLER_CHOICES, FusedROIPooler, convert_pooler
 from .roi_align import multilevel_roi_align, reference_roi_align, roi_align
 
 __all__ = [

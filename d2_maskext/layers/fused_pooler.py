@@ -3,7 +3,7 @@
 ``ROIPooler`` loops over levels in Python (a ``nonzero``, a gather and a scatter per level) around
 torchvision's single-threaded kernel. ``FusedROIPooler`` assigns levels with Detectron2's own rule (pure
 tensor math) and hands all levels and all boxes to ``d2_maskext::roi_align``, which writes output row k
-for box k directly.
+for box k directly. ``MODEL.MASKEXT.POOLER`` picks between the two (:func:`convert_pooler`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import torch
 from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler, assign_boxes_to_levels
 from detectron2.structures import Boxes
-from torch import Tensor
+from torch import Tensor, nn
 
 from .roi_align import multilevel_roi_align
 
-__all__ = ["FusedROIPooler"]
+__all__ = ["POOLER_CHOICES", "FusedROIPooler", "convert_pooler"]
+
+POOLER_CHOICES = ("stock", "fused")
 
 _FUSABLE_TYPES = ("ROIAlign", "ROIAlignV2")
 
@@ -105,3 +107,12 @@ class FusedROIPooler(ROIPooler):
         return multilevel_roi_align(
             x, rois, levels, (height, width), self.scales, self.sampling_ratio, self.aligned
         )
+
+
+def convert_pooler(pooler: ROIPooler, choice: str) -> nn.Module:
+    """Return ``pooler`` unchanged for "stock", or an equivalent ``FusedROIPooler`` for "fused"."""
+    if choice not in POOLER_CHOICES:
+        raise ValueError(f"MODEL.MASKEXT.POOLER must be one of {POOLER_CHOICES}, got {choice!r}")
+    if choice == "stock":
+        return pooler
+    return FusedROIPooler.from_roi_pooler(pooler)

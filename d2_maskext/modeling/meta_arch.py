@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..layers import fuse_convolutions
 from ..layers.paste_masks import paste_masks
-from .precision import ComputeSettings, parse_precision, prepare_for_autocast, resolve_compute_settings
+from .precision import ComputeSettings, model_precision, prepare_for_autocast, resolve_compute_settings
 from .tiling import TilingSettings, check_tile_size, tiled_inference, tiling_from_config
 
 __all__ = ["MaskExtRCNN"]
@@ -108,7 +108,7 @@ class MaskExtRCNN(GeneralizedRCNN):
     def from_config(cls, cfg: CfgNode) -> dict:
         ret = super().from_config(cfg)
         ret["channels_last"] = cfg.MODEL.MASKEXT.CHANNELS_LAST
-        ret["precision"] = parse_precision(cfg.MODEL.MASKEXT.PRECISION)
+        ret["precision"] = model_precision(cfg)
         ret["tiling"] = tiling_from_config(cfg)
         return ret
 

@@ -1,8 +1,14 @@
-"""Which compute dtype and memory format a model runs in, decided once per device.
+"""The one owner of precision: which dtype a model computes in, in training and in inference.
+
+Two keys ask for reduced precision. ``MODEL.MASKEXT.PRECISION`` is the model's own compute dtype, applied by
+``MaskExtRCNN`` in training and inference alike. ``SOLVER.AMP.ENABLED`` (lazy configs: ``train.amp.enabled``)
+autocasts the training loop only: float16 with a gradient scaler on GPU (Detectron2's ``AMPTrainer``),
+bfloat16 on CPU (``CPUAutocastTrainer``). The model's autocast is the inner one, so with both set the
+model's dtype runs and AMP contributes the gradient scaler. Every reader of those keys asks this module,
+which also turns the wish into what this machine can honour (with one warning when it cannot).
 
 Convolutions dominate a full-size Mask R-CNN; on CPUs with AMX/AVX512-BF16 (and on GPUs) they are several
-times faster in channels-last bfloat16 than in NCHW float32. These helpers turn the config's wishes into a
-setting that this machine can honour, with one warning when it cannot.
+times faster in channels-last bfloat16 than in NCHW float32.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from detectron2.config import CfgNode
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchvision.ops import RoIPool
 
@@ -33,11 +41,29 @@ def cpu_supports_fast_bfloat16() -> bool:
 cpu_supports_fast_bfloat16()
 
 
+def cuda_supports_bfloat16() -> bool:
+    """Whether the current GPU computes in bfloat16 natively (Ampere and newer); emulation does not count."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def parse_precision(name: str) -> torch.dtype:
     """``MODEL.MASKEXT.PRECISION`` as a dtype, or a ValueError listing the choices."""
     if name not in PRECISION_CHOICES:
         raise ValueError(f"MODEL.MASKEXT.PRECISION must be one of {sorted(PRECISION_CHOICES)}, got {name!r}")
     return PRECISION_CHOICES[name]
+
+
+def model_precision(cfg: CfgNode) -> torch.dtype:
+    """The compute dtype the config asks of the model (``MODEL.MASKEXT.PRECISION``)."""
+    return parse_precision(cfg.MODEL.MASKEXT.PRECISION)
+
+
+def amp_enabled(cfg: CfgNode | DictConfig) -> bool:
+    """Whether the config asks for an autocast training loop: ``SOLVER.AMP.ENABLED`` (yacs) or
+    ``train.amp.enabled`` (LazyConfig)."""
+    if isinstance(cfg, CfgNode):
+        return bool(cfg.SOLVER.AMP.ENABLED)
+    return bool(OmegaConf.select(cfg, "train.amp.enabled", default=False))
 
 
 @dataclass(frozen=True)
@@ -69,8 +95,9 @@ def _warn_once(message: str) -> None:
 
 
 def resolve_compute_settings(channels_last: bool, precision: torch.dtype, device_type: str) -> ComputeSettings:
-    """The settings that run on ``device_type``: bfloat16 on a CPU without native bfloat16 falls back to
-    float32 (with one warning); float16 is refused on CPU, where it has no fast kernels."""
+    """The settings that run on ``device_type``: bfloat16 falls back to float32 on a CPU without native
+    bfloat16 and to float16 on a GPU without it (each with one warning); float16 is refused on CPU, where
+    it has no fast kernels."""
     if precision == torch.float32:
         return ComputeSettings(channels_last, None)
     if device_type == "cpu":
@@ -87,10 +114,43 @@ def resolve_compute_settings(channels_last: bool, precision: torch.dtype, device
                 + " instead."
             )
             return ComputeSettings(channels_last, None)
-    elif device_type == "cuda" and precision == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        _warn_once("MODEL.MASKEXT.PRECISION bfloat16: this GPU has no bfloat16 support; running float16 instead.")
+    elif device_type == "cuda" and precision == torch.bfloat16 and not cuda_supports_bfloat16():
+        _warn_once(
+            "MODEL.MASKEXT.PRECISION bfloat16: this GPU has no native bfloat16; running float16 instead "
+            "(training it needs SOLVER.AMP.ENABLED for loss scaling; set float32 to avoid float16)."
+        )
         return ComputeSettings(channels_last, torch.float16)
     return ComputeSettings(channels_last, precision)
+
+
+def amp_autocast_dtype(device_type: str) -> torch.dtype:
+    """The dtype of the ``SOLVER.AMP.ENABLED`` training loop: float16 (with a gradient scaler) on GPU,
+    bfloat16 on CPU, where a CPU without native bfloat16 runs it correctly but slowly (one warning)."""
+    if device_type != "cpu":
+        return torch.float16
+    if not cpu_supports_fast_bfloat16():
+        _warn_once(
+            "SOLVER.AMP.ENABLED on a CPU without native bfloat16 (AVX512-BF16/AMX): training is correct "
+            "but likely slower than float32; set SOLVER.AMP.ENABLED False."
+        )
+    return torch.bfloat16
+
+
+def training_dtype(model_settings: ComputeSettings, amp: bool, device_type: str) -> torch.dtype:
+    """The dtype that training actually runs in, or a ValueError where that is float16 without a gradient
+    scaler (its small gradients underflow).
+
+    The model's own autocast (``model_settings``, as resolved for this device) is the inner one and wins;
+    where the model runs float32, the AMP loop's autocast applies.
+    """
+    dtype = model_settings.autocast_dtype or (amp_autocast_dtype(device_type) if amp else torch.float32)
+    if dtype == torch.float16 and not amp:
+        raise ValueError(
+            "training would run in float16 (MODEL.MASKEXT.PRECISION as resolved on this device), which needs "
+            "loss scaling: set SOLVER.AMP.ENABLED True (lazy configs: train.amp.enabled=True; Detectron2's "
+            "AMPTrainer), or MODEL.MASKEXT.PRECISION float32"
+        )
+    return dtype
 
 
 class _Float32RoIPool(RoIPool):

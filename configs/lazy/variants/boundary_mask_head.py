@@ -3,7 +3,7 @@ configs/coco/variants/boundary_mask_head.yaml, with the fused pooler)."""
 
 from detectron2.config import LazyCall as L
 
-from d2_maskext.modeling.heads import BoundaryMaskHead, MaskLoss
+from d2_maskext.modeling.roi_heads import BoundaryMaskHead, MaskLoss
 
 from ..mask_rcnn_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
 

@@ -4,7 +4,7 @@ the fused pooler): classes from the fc branch, boxes from a residual conv branch
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
-from d2_maskext.modeling.heads import DoubleConvFCHead, DoubleHeadOutputLayers
+from d2_maskext.modeling.roi_heads import DoubleConvFCHead, DoubleHeadOutputLayers
 
 from ..mask_rcnn_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
 

@@ -5,7 +5,7 @@ configs/coco/variants/hires_mask_head.yaml): the head pools its own features, co
 from detectron2.config import LazyCall as L
 
 from d2_maskext.layers import FusedROIPooler
-from d2_maskext.modeling.heads import HighResMaskHead, MaskLoss
+from d2_maskext.modeling.roi_heads import HighResMaskHead, MaskLoss
 
 from ..mask_rcnn_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
 

@@ -4,7 +4,7 @@ configs/coco/variants/light_mask_head.yaml, with the fused pooler)."""
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
-from d2_maskext.modeling.heads import LightMaskHead, MaskLoss
+from d2_maskext.modeling.roi_heads import LightMaskHead, MaskLoss
 
 from ..mask_rcnn_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
 

@@ -3,7 +3,7 @@ configs/coco/variants/mask_loss_dice_boundary.yaml, with the fused pooler)."""
 
 from detectron2.config import LazyCall as L
 
-from d2_maskext.modeling.heads import MaskExtConvUpsampleHead, MaskLoss
+from d2_maskext.modeling.roi_heads import MaskExtConvUpsampleHead, MaskLoss
 
 from ..mask_rcnn_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
 

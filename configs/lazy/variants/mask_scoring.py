@@ -4,7 +4,7 @@ fused pooler): a MaskIoU head rescores each mask by its predicted IoU."""
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
-from d2_maskext.modeling.heads import MaskIoUHead, MaskScoringROIHeads
+from d2_maskext.modeling.roi_heads import MaskIoUHead, MaskScoringROIHeads
 
 from ..mask_rcnn_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
 

@@ -18,12 +18,12 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..roi_heads import MaskExtROIHeads
-from .base import with_module_lists
+from .head_layers import with_module_lists
+from .roi_heads import BoxHeadWithPredictor, MaskExtROIHeads
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
-class DoubleConvFCHead(FastRCNNConvFCHead):
+class DoubleConvFCHead(FastRCNNConvFCHead, BoxHeadWithPredictor):
     """Stock fc head (same parameter names, so stock checkpoints load) + a residual conv branch.
 
     Returns the fc and conv branch features concatenated along channels (one tensor, so Detectron2's box

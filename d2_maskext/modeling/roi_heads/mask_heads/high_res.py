@@ -17,20 +17,20 @@ from fvcore.nn import weight_init
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ...layers.pooler import convert_pooler
-from .base import MaskExtConvUpsampleHead, conv3x3_norm_relu, with_module_lists
+from ....layers.fused_pooler import convert_pooler
+from ..head_layers import conv3x3_norm_relu, with_module_lists
+from .conv_upsample import MaskExtConvUpsampleHead
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
 class HighResMaskHead(MaskExtConvUpsampleHead):
     """Stock mask layers (same parameter names) + a refinement stage fed by the finest FPN level.
 
-    It pools its own inputs: ``MaskExtROIHeads`` passes it the feature maps, and it builds its poolers from
-    the stock ``MODEL.ROI_MASK_HEAD.POOLER_*`` keys, converted by ``MODEL.MASKEXT.POOLER`` like the ROI
-    heads' own.
+    It pools its own inputs, by Detectron2's convention for such heads (PointRend's too): with
+    ``MODEL.ROI_MASK_HEAD.POOLER_TYPE`` empty the ROI heads pass it the feature maps. Its poolers are of type
+    ``MODEL.ROI_MASK_HEAD.HIRES.POOLER_TYPE`` with the stock ``POOLER_RESOLUTION`` and ``POOLER_SAMPLING_RATIO``,
+    converted by ``MODEL.MASKEXT.POOLER`` like the ROI heads' own.
     """
-
-    pools_own_features = True
 
     @configurable
     def __init__(
@@ -65,17 +65,17 @@ class HighResMaskHead(MaskExtConvUpsampleHead):
         weight_init.c2_msra_fill(self.refine_deconv)
 
     @classmethod
-    def from_config(cls, cfg: CfgNode, input_shape) -> dict:
+    def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec | dict[str, ShapeSpec]) -> dict:
         head_cfg = cfg.MODEL.ROI_MASK_HEAD
         if not isinstance(input_shape, dict):
             raise ValueError(
-                f"{cls.__name__} pools its own features, but MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME!r} "
-                "pooled them for it: use MaskExtROIHeads or one of its subclasses"
+                f"{cls.__name__} pools its own features: set MODEL.ROI_MASK_HEAD.POOLER_TYPE to '' (got "
+                f"{head_cfg.POOLER_TYPE!r}); its own pooler type is MODEL.ROI_MASK_HEAD.HIRES.POOLER_TYPE"
             )
-        if not head_cfg.POOLER_TYPE:
+        if not head_cfg.HIRES.POOLER_TYPE:
             raise ValueError(
-                f"{cls.__name__} pools its own features with MODEL.ROI_MASK_HEAD.POOLER_TYPE: set it to a pooler "
-                "type such as 'ROIAlignV2' (got '')"
+                f"{cls.__name__} pools its own features with MODEL.ROI_MASK_HEAD.HIRES.POOLER_TYPE: set it to a "
+                "pooler type such as 'ROIAlignV2' (got '')"
             )
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         fine = head_cfg.HIRES.FINE_FEATURE
@@ -90,7 +90,7 @@ class HighResMaskHead(MaskExtConvUpsampleHead):
                 output_size=size,
                 scales=tuple(1.0 / input_shape[f].stride for f in features),
                 sampling_ratio=head_cfg.POOLER_SAMPLING_RATIO,
-                pooler_type=head_cfg.POOLER_TYPE,
+                pooler_type=head_cfg.HIRES.POOLER_TYPE,
             )
             return convert_pooler(stock, cfg.MODEL.MASKEXT.POOLER)
 

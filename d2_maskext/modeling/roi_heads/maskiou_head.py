@@ -1,25 +1,23 @@
-"""Mask Scoring R-CNN (Huang et al., CVPR 2019): score each mask by its predicted IoU with the object.
+"""The MaskIoU head of Mask Scoring R-CNN (Huang et al., CVPR 2019): it scores each mask by its predicted
+IoU with the object.
 
-A MaskIoU head regresses, from the region features and the predicted mask, the IoU between the binarized
+The head regresses, from the region features and the predicted mask, the IoU between the binarized
 predicted mask and the ground-truth mask target (L2 loss). At inference the detection score becomes
-``classification score x predicted mask IoU``, so poorly segmented detections rank lower.
+``classification score x predicted mask IoU`` (``MaskScoringROIHeads``), so poorly segmented detections
+rank lower.
 """
 
 from __future__ import annotations
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ShapeSpec, cat
-from detectron2.modeling import ROI_HEADS_REGISTRY
-from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
-from detectron2.structures import Instances
+from detectron2.layers import ShapeSpec
 from fvcore.nn import weight_init
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..roi_heads import MaskExtROIHeads, pools_own_features
-from .base import conv3x3_norm_relu, mask_logits_and_losses
-from .mask_losses import MaskTargets, select_mask_targets
+from .head_layers import conv3x3_norm_relu
+from .mask_losses import MaskTargets
 
 
 def mask_iou_targets(mask_logits: Tensor, gt_masks: Tensor) -> Tensor:
@@ -95,54 +93,3 @@ class MaskIoUHead(nn.Module):
             return {"loss_maskiou": predicted.sum() * 0}
         loss = F.mse_loss(predicted, mask_iou_targets(logits, targets.masks))
         return {"loss_maskiou": self.loss_weight * loss}
-
-
-@ROI_HEADS_REGISTRY.register()
-class MaskScoringROIHeads(MaskExtROIHeads):
-    """``MaskExtROIHeads`` (so ``MODEL.MASKEXT.POOLER`` still applies) with a MaskIoU head.
-
-    Works with any mask head that takes pooled features; the MaskIoU head reads the mask pooler's output.
-    """
-
-    @configurable
-    def __init__(self, *, maskiou_head: MaskIoUHead, **kwargs):
-        super().__init__(**kwargs)
-        self.maskiou_head = maskiou_head
-
-    @classmethod
-    def _init_mask_head(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
-        if not cfg.MODEL.MASK_ON:
-            raise ValueError("MaskScoringROIHeads scores masks: set MODEL.MASK_ON True")
-        head = cfg.MODEL.ROI_MASK_HEAD
-        if not head.POOLER_TYPE or pools_own_features(head.NAME):
-            raise ValueError(
-                "MaskScoringROIHeads needs pooled mask features: set MODEL.ROI_MASK_HEAD.POOLER_TYPE and a mask "
-                f"head that takes them (NAME is {head.NAME!r}, POOLER_TYPE {head.POOLER_TYPE!r})"
-            )
-        ret = super()._init_mask_head(cfg, input_shape)
-        resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-        channels = input_shape[ret["mask_in_features"][0]].channels
-        ret["maskiou_head"] = MaskIoUHead(cfg, ShapeSpec(channels=channels, height=resolution, width=resolution))
-        return ret
-
-    def _forward_mask(self, features: dict[str, Tensor], instances: list[Instances]):
-        if self.training:
-            instances, _ = select_foreground_proposals(instances, self.num_classes)
-        boxes = [i.proposal_boxes if self.training else i.pred_boxes for i in instances]
-        region_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
-        if self.training:
-            logits, losses = mask_logits_and_losses(self.mask_head, region_features, instances)
-            losses.update(self.maskiou_head.losses(region_features, select_mask_targets(logits, instances)))
-            return losses
-        instances = self.mask_head(region_features, instances)
-        self._rescore(region_features, instances)
-        return instances
-
-    def _rescore(self, region_features: Tensor, instances: list[Instances]) -> None:
-        """Add ``pred_maskiou`` and multiply it into ``scores``."""
-        mask_probs = cat([i.pred_masks for i in instances])
-        classes = cat([i.pred_classes for i in instances])
-        maskiou = self.maskiou_head(region_features, mask_probs, classes).clamp(0.0, 1.0)
-        for instances_per_image, iou in zip(instances, maskiou.split([len(i) for i in instances])):
-            instances_per_image.pred_maskiou = iou
-            instances_per_image.scores = instances_per_image.scores * iou

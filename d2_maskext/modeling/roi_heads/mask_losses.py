@@ -121,3 +121,14 @@ class MaskLoss:
         if self.dice_weight > 0:
             losses["loss_mask_dice"] = self.dice_weight * dice_loss(targets.logits, targets.masks)
         return losses
+
+
+def options_changing_stock_loss(cfg: CfgNode) -> list[str]:
+    """The ``MODEL.ROI_MASK_HEAD.LOSS`` keys set so that the loss is no longer Detectron2's plain BCE.
+
+    Heads that compute Detectron2's own loss would ignore these keys; ``BOUNDARY_WIDTH`` only matters
+    together with a boundary term, so it is not listed on its own.
+    """
+    loss = cfg.MODEL.ROI_MASK_HEAD.LOSS
+    neutral = {"WEIGHT": 1.0, "DICE_WEIGHT": 0.0, "BOUNDARY_BCE_WEIGHT": 0.0}
+    return [f"LOSS.{key} {loss[key]!r}" for key, value in neutral.items() if loss[key] != value]

@@ -15,8 +15,9 @@ from fvcore.nn import weight_init
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import MaskExtConvUpsampleHead, conv3x3_norm_relu, with_module_lists
-from .mask_losses import dice_loss, mask_boundary, select_mask_targets
+from ..head_layers import conv3x3_norm_relu, with_module_lists
+from ..mask_losses import dice_loss, mask_boundary, select_mask_targets
+from .conv_upsample import MaskExtConvUpsampleHead
 
 
 @ROI_MASK_HEAD_REGISTRY.register()

@@ -8,7 +8,7 @@
 # The wheels target CPython 3.12 on x86-64 Linux (D2MX_WHEELS_PYTHON to change). Versions are the ones
 # the CPU virtualenv (.venv) is tested with. Detectron2 comes from the sal-detectron2 0.7.2 wheel, which is
 # tagged cp310 and carries a compiled detectron2/_C for that Python only: the plugin never uses it, so it
-# is repacked as a py3-none-any wheel without _C. fvcore, iopath and antlr4 publish source archives only;
+# is repacked as a py3-none-any wheel of the detectron2 package alone (no _C, no top-level `tools`). fvcore, iopath and antlr4 publish source archives only;
 # they are pure Python, so the wheels built from them here install anywhere.
 set -euo pipefail
 
@@ -37,11 +37,12 @@ log "downloading ${BINARY[*]} for CPython $PYVER"
 log "building pure-Python wheels of ${SOURCE_ONLY[*]}"
 "${PIP[@]}" wheel --no-deps --no-build-isolation -w "$DEST" "${SOURCE_ONLY[@]}"
 
-log "repacking $DETECTRON2 without its compiled detectron2/_C"
+log "repacking $DETECTRON2 without its compiled detectron2/_C and its tools/"
 "${PIP[@]}" download --no-deps --only-binary=:all: --python-version 3.10 -d "$WORK" "$DETECTRON2"
 "$PY" -m wheel unpack -d "$WORK/unpacked" "$WORK"/sal_detectron2-*.whl
 UNPACKED="$(echo "$WORK"/unpacked/sal_detectron2-*)"
 find "$UNPACKED/detectron2" -name '_C*.so' -delete
+rm -rf "$UNPACKED/tools"  # Detectron2's scripts as a top-level `tools` package, which would shadow ours
 sed -i 's/^Tag: .*/Tag: py3-none-any/' "$UNPACKED"/*.dist-info/WHEEL
 "$PY" -m wheel pack -d "$DEST" "$UNPACKED" >/dev/null
 

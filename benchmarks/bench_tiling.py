@@ -17,7 +17,7 @@ the same mosaic ground truth with pycocotools (``coco_metrics``), up to ``--max-
     python benchmarks/bench_tiling.py --scene-size 0   # without the 16k scene
 
 SAHI is not a dependency of the project; install it without its OpenCV pin (benchmarks/requirements-bench.txt):
-    pip install --no-deps sahi==0.12.8 && pip install fire shapely click pyyaml requests
+    pip install --no-deps sahi==0.12.8 && pip install -r benchmarks/requirements-bench.txt
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic" / "mask_rcnn_R18_FPN_GN_demo.yaml"
 WEIGHTS = REPO / "output" / "demo" / "model_final.pth"
-SAHI_INSTALL = "pip install --no-deps sahi==0.12.8 && pip install fire shapely click pyyaml requests"
+SAHI_INSTALL = "pip install --no-deps sahi==0.12.8 && pip install -r benchmarks/requirements-bench.txt"
 ROWS = ("per-image (ceiling)", "downscaled (stock)", "SAHI default", "SAHI GREEDYNMM/IOS", "plugin tiling")
 
 

@@ -9,8 +9,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from detectron2.config import LazyCall as L
+from detectron2.config import instantiate
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
+from lazy_tiny import TINY_LAZY_CONFIG, load_tiny_lazy
 from train_net_runner import tiny_cfg
 
 from d2_maskext.data.synthetic import BUILTIN_SYNTHETIC, generate_image, mosaic_scene
@@ -214,6 +217,23 @@ def test_default_predictor_runs_tiled(stock, tmp_path):
     assert len(instances) > 0 and instances.pred_masks.shape[1:] == (150, 300)
     boxes = instances.pred_boxes.tensor
     assert (boxes[:, 2] <= 300).all() and (boxes[:, 3] <= 150).all()
+
+
+def test_whole_image_pass_adds_only_objects_larger_than_the_overlap(stock, image, tmp_path):
+    opts = ("MODEL.MASKEXT.TILING.SIZE", "96", "MODEL.MASKEXT.TILING.WHOLE_IMAGE_PASS", "True")
+    settings = TilingSettings(size=96, overlap=0.2, whole_image_pass=True)
+    with torch.no_grad():
+        detections = detect_scene(_tiled(stock, tmp_path, *opts), image, (200, 250), settings)
+    whole_pass = [d for d in detections if d.source < 0]
+    assert all(max(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= 96 * 0.2 for d in whole_pass)
+    assert all(d.window == (0, 0, 250, 200) for d in whole_pass)
+
+
+def test_lazy_config_takes_tiling_as_a_model_argument(tmp_path):
+    cfg = load_tiny_lazy(TINY_LAZY_CONFIG, tmp_path)
+    cfg.model.tiling = L(TilingSettings)(size=128, overlap=0.25, rle_output=True)
+    model = instantiate(cfg.model)
+    assert model.tiling == TilingSettings(size=128, overlap=0.25, rle_output=True)
 
 
 # ------------------------------------------------------------------------------------------- mosaics

@@ -9,6 +9,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (

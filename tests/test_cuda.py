@@ -1,4 +1,5 @@
-"""d2_maskext::roi_align on CUDA: equal to the CPU kernel and the PyTorch reference, same errors, trains.
+"""d2_maskext::roi_align on CUDA: equal to torchvision, the CPU kernel and the PyTorch reference, also on a
+side stream and in a CUDA graph; same errors; trains.
 
 Skipped without a GPU. With one, every test needs the compiled CUDA kernels: a ``_C`` built without them
 fails here rather than quietly testing the PyTorch fallback.

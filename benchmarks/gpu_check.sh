@@ -27,7 +27,7 @@ DRY_RUN="${D2MX_GPU_CHECK_DRY_RUN:-0}"
 WHEELS="${D2MX_GPU_WHEELS:-$REPO/benchmarks/gpu_wheels}"
 PY="${D2MX_PYTHON:-python3}"
 SITE="${TMPDIR:-/tmp}/d2mx_gpu_site"
-SUMMARY_RESERVE=5  # seconds kept back for the summary
+SUMMARY_RESERVE=10  # seconds kept back for a killed step's grace period and the summary
 MIN_STEP=5         # a step with less time left than this is skipped
 
 if ! [[ "$DEADLINE" =~ ^[0-9]+$ ]]; then

@@ -3,7 +3,7 @@
 # installs on a GPU machine that has torch, torchvision, numpy, OpenCV, pytest and hypothesis but no
 # Detectron2 and no package index. Run it once here, where the package index is reachable:
 #
-#   bash benchmarks/prepare_gpu_wheels.sh          # about 10 MiB; the folder is git-ignored
+#   bash benchmarks/prepare_gpu_wheels.sh          # the folder is git-ignored; its size is printed at the end
 #
 # The wheels target CPython 3.12 on x86-64 Linux (D2MX_WHEELS_PYTHON to change). Versions are the ones
 # the CPU virtualenv (.venv) is tested with. Detectron2 comes from the sal-detectron2 0.7.2 wheel, which is

@@ -73,7 +73,7 @@ step() {
   elif [ "$limit" -lt "$MIN_STEP" ]; then
     record "$name" "$required" skipped 0 "deadline: ${left}s left of ${DEADLINE}s"
   elif [ "$DRY_RUN" = 1 ] && [ "$when" != always ]; then
-    record "$name" "$required" skipped 0 "dry run; would run: $*"
+    record "$name" "$required" skipped 0 "dry run; would run: ${SHOWN[$1]:-$*}"
   elif [ "$when" = gpu ] && [ "$HAVE_GPU" != 1 ]; then
     record "$name" "$required" skipped 0 "no CUDA GPU visible to torch"
   else
@@ -131,6 +131,11 @@ print('d2_maskext::roi_align kernels:', sorted(ROI_ALIGN_DEVICE_TYPES))"
 
 export -f environment install_wheels build_extension
 export PY WHEELS SITE REPO CUDA_HOME
+# What a dry run shows for the steps that are shell functions.
+declare -A SHOWN=(
+  [install_wheels]="$PY -m pip install --no-index --no-deps --target $SITE $WHEELS/*.whl"
+  [build_extension]="FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)} $PY setup.py build_ext --inplace, then a check for CUDA kernels"
+)
 
 # Markdown tables of a log, each with the line above it (its title).
 tables() { awk '/^\|/ { if (!in_table) print prev; print; in_table = 1; next } { in_table = 0; prev = $0 }' "$1"; }
@@ -141,7 +146,7 @@ step "environment" 1 always 60 environment.log environment
 grep -q '^cuda_available=1' "$OUT_DIR/environment.log" 2>/dev/null && HAVE_GPU=1
 step "install wheels" 1 install 90 install.log install_wheels
 [ "$STATUS" = failed ] && BLOCKED="install wheels"
-step "build CUDA extension" 1 gpu 300 build.log build_extension
+step "build CUDA extension" 1 gpu 330 build.log build_extension
 [ "$STATUS" = failed ] && BLOCKED="build CUDA extension"
 # Failed tests do not stop the benchmarks.
 step "tests/test_cuda.py" 1 gpu 240 test_cuda.log \

@@ -72,9 +72,10 @@ def _cfg(args: argparse.Namespace, *opts):
     return cfg
 
 
-def _tiling_opts(args: argparse.Namespace, max_detections: int) -> list:
+def _tiling_opts(args: argparse.Namespace, max_detections: int, tile: int, tile_resize: int = 0) -> list:
     return [
-        "INPUT.MIN_SIZE_TEST", 0, "MODEL.MASKEXT.TILING.SIZE", args.tile, "MODEL.MASKEXT.TILING.OVERLAP", args.overlap,
+        "INPUT.MIN_SIZE_TEST", 0, "MODEL.MASKEXT.TILING.SIZE", tile, "MODEL.MASKEXT.TILING.OVERLAP", args.overlap,
+        "MODEL.MASKEXT.TILING.MIN_SIZE_TEST", tile_resize, "MODEL.MASKEXT.TILING.MAX_SIZE_TEST", tile_resize,
         "MODEL.MASKEXT.TILING.RLE_OUTPUT", True, "MODEL.MASKEXT.TILING.MAX_DETECTIONS", max_detections,
     ]
 
@@ -121,7 +122,7 @@ def run_row(args: argparse.Namespace) -> None:
 
         cells = args.scene_size // spec.image_size
         scene, _ = mosaic_scene(spec, (cells, cells), with_annotations=False)
-        model = build_model(_cfg(args, *_tiling_opts(args, 10**6))).eval()
+        model = build_model(_cfg(args, *_tiling_opts(args, 10**6, args.scene_tile or args.tile, args.scene_tile_resize))).eval()
         DetectionCheckpointer(model).load(str(args.weights))
         start = time.perf_counter()
         with torch.no_grad():
@@ -145,7 +146,7 @@ def run_row(args: argparse.Namespace) -> None:
             instances = predictor(cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"])))["instances"]
             results += _instances_results(instances, image["id"])
     elif args.row == "plugin tiling":
-        predictor = DefaultPredictor(_cfg(args, *_tiling_opts(args, args.max_dets)))
+        predictor = DefaultPredictor(_cfg(args, *_tiling_opts(args, args.max_dets, args.tile)))
         start = time.perf_counter()
         for image in coco["images"]:
             instances = predictor(cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"])))["instances"]
@@ -194,7 +195,8 @@ def _spawn(args: argparse.Namespace, row: str, out: Path, gt: Path) -> tuple[dic
     command = [
         sys.executable, __file__, "--row", row, "--out", str(out), "--gt", str(gt), "--weights", str(args.weights),
         "--tile", str(args.tile), "--overlap", str(args.overlap), "--max-dets", str(args.max_dets),
-        "--scene-size", str(args.scene_size),
+        "--scene-size", str(args.scene_size), "--scene-tile", str(args.scene_tile),
+        "--scene-tile-resize", str(args.scene_tile_resize),
     ]
     proc = subprocess.Popen(command, cwd=REPO)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -212,6 +214,8 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.2)
     parser.add_argument("--max-dets", type=int, default=3200, help="detections per mosaic scored (64 images x 50)")
     parser.add_argument("--scene-size", type=int, default=16384, help="side of the peak-RSS scene (0: skip it)")
+    parser.add_argument("--scene-tile", type=int, default=0, help="tile side on that scene (0: --tile)")
+    parser.add_argument("--scene-tile-resize", type=int, default=0, help="each scene tile resized to this side (0: as cut)")
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS)
     parser.add_argument("--row", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -262,7 +266,8 @@ def main() -> None:
         print(f"| {name} | {mask_ap:.1f} | {box_ap:.1f} | {mask_ap / ceiling:.0%} | {wall:.1f} | {wall / sahi:.2f}x | {rss:.2f} |")
     if scene is not None:
         print(
-            f"\n{args.scene_size} x {args.scene_size} scene ({scene['scene_bytes'] / 2**30:.2f} GiB uint8 image): "
+            f"\n{args.scene_size} x {args.scene_size} scene ({scene['scene_bytes'] / 2**30:.2f} GiB uint8 image, tiles of "
+            f"{args.scene_tile or args.tile} px run at {args.scene_tile_resize or 'native size'}): "
             f"{scene['detections']} objects in {scene['wall_s']:.0f} s, peak RSS {scene_rss:.2f} GiB"
         )
 

@@ -141,12 +141,21 @@ def test_a_whole_view_wins_over_a_cut_one():
     assert np.array_equal(_paste(merged, full.shape), full) and merged.box == whole.box and merged.score == 0.8
 
 
+def test_a_cut_view_of_an_object_another_tile_sees_whole_is_dropped_whatever_its_class():
+    full = _disc(100, 100, 45, 50, 10)  # whole in the left tile, cut by the right tile's border at x = 40
+    whole, cut = _piece(full, LEFT, 0, category=0, score=0.6), _piece(full, RIGHT, 1, category=3, score=0.9)
+    assert whole.whole and not cut.whole
+    groups = merge_detections([whole, cut], "ios", 0.5, cell=40)
+    assert [[m.category for m in g] for g in groups] == [[0]]
+
+
 def test_far_apart_objects_other_classes_and_one_tiles_own_detections_stay_apart():
     a, b = _disc(100, 100, 45, 20, 10), _disc(100, 100, 50, 75, 10)
     far = [_piece(a, LEFT, 0), _piece(b, RIGHT, 1)]
     assert len(merge_detections(far, "ios", 0.5, cell=40)) == 2
-    classes = [_piece(a, LEFT, 0, category=0), _piece(a, RIGHT, 1, category=1)]
-    assert len(merge_detections(classes, "ios", 0.5, cell=40)) == 2
+    inside_overlap = _disc(100, 100, 50, 50, 8)  # both tiles see it whole
+    classes = [_piece(inside_overlap, LEFT, 0, category=0), _piece(inside_overlap, RIGHT, 1, category=1)]
+    assert all(p.whole for p in classes) and len(merge_detections(classes, "ios", 0.5, cell=40)) == 2
     same_tile = [_piece(a, LEFT, 0), _piece(a, LEFT, 0, score=0.5)]
     assert len(merge_detections(same_tile, "ios", 0.5, cell=40)) == 2
 

@@ -10,7 +10,8 @@ Merge rule: detections of the same class from different tiles are one object whe
 threshold. A tile's prediction at its cut edge is the least reliable one, so a merged object takes the mask
 and box of its best-scoring member that no inner tile border cuts; when every member is cut (an object
 larger than the overlap), its mask is the union of the pieces and its box is recomputed from that union.
-The score is the best member's.
+The score is the best member's. An object seen only cut whose pixels another tile sees as part of a whole
+object (of any class: half an object often looks like another class) is dropped.
 """
 
 from __future__ import annotations
@@ -248,7 +249,22 @@ def merge_detections(
         best.members.append(det)
         best.sources.add(det.source)
         index.add(best, det.extent)
-    return [c.members for c in clusters]
+    return [c.members for c in clusters if not _seen_whole_elsewhere(c, index, metric, threshold)]
+
+
+def _seen_whole_elsewhere(cluster: _Cluster, index: _SpatialIndex, metric: str, threshold: float) -> bool:
+    """Whether every member of ``cluster`` is cut by a tile border and another tile sees the same pixels as
+    part of a whole object of any class (a half-seen object the head took for another class)."""
+    if any(m.whole for m in cluster.members):
+        return False
+    for member in cluster.members:
+        for other in index.near(member.extent):
+            if other is cluster:
+                continue
+            for view in other.members:
+                if view.whole and view.source != member.source and mask_overlap(member, view, metric) >= threshold:
+                    return True
+    return False
 
 
 def _union(members: list[TiledDetection]) -> tuple[int, int, np.ndarray]:

@@ -151,10 +151,76 @@ def run_row(args: argparse.Namespace) -> None:
         for image in coco["images"]:
             instances = predictor(cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"])))["instances"]
             results += _instances_results(instances, image["id"])
+    elif args.row == "merge ablation":
+        from detectron2.checkpoint import DetectionCheckpointer
+        from detectron2.modeling import build_model
+
+        model = build_model(_cfg(args, *_tiling_opts(args, args.max_dets, args.tile))).eval()
+        DetectionCheckpointer(model).load(str(args.weights))
+        start = time.perf_counter()
+        extra = {"variants": _merge_ablation(args, model, coco)}
     else:
         results, start = _sahi_row(args, coco)
     wall = time.perf_counter() - start
     Path(args.out).write_text(json.dumps({"results": results, "wall_s": wall, **extra}))
+
+
+MERGE_VARIANTS = (
+    "plugin merge (IOS, whole view kept, cut duplicates dropped)",
+    "IoU instead of IOS",
+    "union of every member's mask",
+    "cut views of whole objects kept",
+    "no merge (every tile's detections)",
+)
+
+
+def _merge_ablation(args: argparse.Namespace, model, coco: dict) -> dict[str, list[dict]]:
+    """COCO results of each merge variant, from one set of tile detections per mosaic (the network runs once)."""
+    import dataclasses
+
+    import cv2
+
+    from d2_maskext.modeling import tiling
+
+    settings = model.tiling
+    detections = {}
+    with torch.no_grad():
+        for image in coco["images"]:
+            bgr = cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"]))
+            tensor = torch.from_numpy(bgr).permute(2, 0, 1)
+            detections[image["id"]] = tiling.detect_scene(model, tensor, (image["height"], image["width"]), settings)
+
+    def union(members):
+        x0, y0, mask = tiling._union(members)
+        box = tiling._mask_box(x0, y0, mask) or members[0].box
+        return dataclasses.replace(members[0], box=box, x0=x0, y0=y0, mask=mask)
+
+    def keep_all(dets, metric, threshold, cell):
+        return [[d] for d in dets]
+
+    patches = {
+        MERGE_VARIANTS[0]: ({}, settings),
+        MERGE_VARIANTS[1]: ({}, dataclasses.replace(settings, merge_metric="iou")),
+        MERGE_VARIANTS[2]: ({"resolve_object": union}, settings),
+        MERGE_VARIANTS[3]: ({"_seen_whole_elsewhere": lambda *a: False}, settings),
+        MERGE_VARIANTS[4]: ({"merge_detections": keep_all}, settings),
+    }
+    out = {}
+    for name, (patch, variant_settings) in patches.items():
+        saved = {k: getattr(tiling, k) for k in patch}
+        for k, v in patch.items():
+            setattr(tiling, k, v)
+        try:
+            out[name] = []
+            for image in coco["images"]:
+                objects = tiling.merge_scene(detections[image["id"]], variant_settings, settings.stride)
+                for o in objects:
+                    rle = tiling.crop_to_rle(o.mask, o.x0, o.y0, image["height"], image["width"])
+                    out[name].append(_result(image["id"], o.category, o.score, rle, list(o.box)))
+        finally:
+            for k, v in saved.items():
+                setattr(tiling, k, v)
+    return out
 
 
 def _sahi_row(args: argparse.Namespace, coco: dict) -> tuple[list[dict], float]:
@@ -216,6 +282,7 @@ def main() -> None:
     parser.add_argument("--scene-size", type=int, default=16384, help="side of the peak-RSS scene (0: skip it)")
     parser.add_argument("--scene-tile", type=int, default=0, help="tile side on that scene (0: --tile)")
     parser.add_argument("--scene-tile-resize", type=int, default=0, help="each scene tile resized to this side (0: as cut)")
+    parser.add_argument("--merge-ablation", action="store_true", help="also score merge variants on the same tiles")
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS)
     parser.add_argument("--row", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -254,6 +321,7 @@ def main() -> None:
             }
             rows.append((row, metrics["segm"], metrics["bbox"], out["wall_s"], rss))
             print(f"  {row}: mask AP {metrics['segm']:.1f}, {out['wall_s']:.1f} s, {rss:.2f} GiB", flush=True)
+        ablation = _spawn(args, "merge ablation", Path(tmp) / "ablation.json", gt)[0] if args.merge_ablation else None
         scene = None
         if args.scene_size:
             scene, scene_rss = _spawn(args, "16k scene", Path(tmp) / "scene.json", gt)
@@ -264,6 +332,12 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, mask_ap, box_ap, wall, rss in rows:
         print(f"| {name} | {mask_ap:.1f} | {box_ap:.1f} | {mask_ap / ceiling:.0%} | {wall:.1f} | {wall / sahi:.2f}x | {rss:.2f} |")
+    if ablation is not None:
+        print("\n| merge variant (same tile detections) | mask AP | box AP |")
+        print("|---|---:|---:|")
+        for name, results in ablation["variants"].items():
+            ap = {t: evaluate_coco_results(coco_gt, results, t, args.max_dets).summary_metrics()["AP"] for t in ("segm", "bbox")}
+            print(f"| {name} | {ap['segm']:.1f} | {ap['bbox']:.1f} |")
     if scene is not None:
         print(
             f"\n{args.scene_size} x {args.scene_size} scene ({scene['scene_bytes'] / 2**30:.2f} GiB uint8 image, tiles of "

@@ -37,7 +37,9 @@ __all__ = [
     "TilingSettings",
     "check_tile_size",
     "crop_to_rle",
+    "detect_scene",
     "merge_detections",
+    "merge_scene",
     "tile_grid",
     "tiled_inference",
     "tiling_from_config",
@@ -508,6 +510,14 @@ def detect_scene(
     return detections
 
 
+def merge_scene(detections: list[TiledDetection], settings: TilingSettings, cell: int) -> list[TiledDetection]:
+    """One detection per object, best score first, at most ``MAX_DETECTIONS``; ``cell``: the tile stride in
+    output pixels."""
+    groups = merge_detections(detections, settings.merge_metric, settings.merge_threshold, cell)
+    objects = sorted((resolve_object(g) for g in groups), key=lambda o: -o.score)
+    return [o for o in objects if o.box[2] > o.box[0] and o.box[3] > o.box[1]][: settings.max_detections]
+
+
 def tiled_inference(
     model: nn.Module, batched_inputs: list[dict], settings: TilingSettings, do_postprocess: bool = True
 ) -> list[Instances] | list[dict[str, Instances]]:
@@ -521,9 +531,7 @@ def tiled_inference(
             size = (int(inputs.get("height", size[0])), int(inputs.get("width", size[1])))
         detections = detect_scene(model, image, size, settings)
         scale = max(size[0] / image.shape[-2], size[1] / image.shape[-1])
-        groups = merge_detections(detections, settings.merge_metric, settings.merge_threshold, round(settings.stride * scale))
-        objects = sorted((resolve_object(g) for g in groups), key=lambda o: -o.score)
-        objects = [o for o in objects if o.box[2] > o.box[0] and o.box[3] > o.box[1]][: settings.max_detections]
+        objects = merge_scene(detections, settings, round(settings.stride * scale))
         result = _to_instances(objects, size, settings.rle_output)
         outputs.append({"instances": result} if do_postprocess else result)
     return outputs

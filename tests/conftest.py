@@ -1,9 +1,65 @@
-"""Shared test setup: generated datasets go to a reusable temp folder unless D2MX_DATASETS is set."""
+"""Shared test setup.
+
+Generated datasets always go to a reusable cache folder outside the checkout (``$D2MX_TEST_DATASETS``, default
+``<tmp>/d2mx_test_datasets``), even when ``D2MX_DATASETS`` names the user's own folder: the suite must leave the
+checkout's ``datasets/`` and ``output/`` as it found them, and checks so at the end of the session.
+``tests/helpers`` is importable both as the ``helpers`` package and by its modules' own names.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from pathlib import Path
 
-os.environ.setdefault("D2MX_DATASETS", os.path.join(tempfile.gettempdir(), "d2mx_test_datasets"))
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+os.environ["D2MX_DATASETS"] = os.environ.get(
+    "D2MX_TEST_DATASETS", os.path.join(tempfile.gettempdir(), "d2mx_test_datasets")
+)
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# OpenMP threads that wait for work sleep instead of spinning: on a 2-core machine shared with other processes
+# (the suite's own subprocesses included) spinning threads made each training step 5-10x slower. Set before
+# torch (and its OpenMP runtime) is first imported; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(TESTS / "helpers"))
+
+from helpers.checkout_guard import CheckoutGuard  # noqa: E402
+from helpers.determinism import make_deterministic  # noqa: E402
+
+make_deterministic()
+_GUARD = CheckoutGuard(REPO, {"datasets": 2, "output": 1})  # datasets/maskext_synth/<split>
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test starts from the same random state, whatever ran before it."""
+    make_deterministic()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    written = _GUARD.new_entries()
+    if written:
+        session.config.get_terminal_writer().line(
+            "The test suite wrote into the checkout: " + ", ".join(written), red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def tiny_random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights of the untrained tiny model: enough where a test needs a model that predicts something."""
+    from helpers.tiny_models import save_random_tiny
+
+    return save_random_tiny(tmp_path_factory.mktemp("tiny_random"))
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights of the tiny model trained to confident detections, trained once for the whole session."""
+    from helpers.tiny_models import train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("tiny_trained"))

@@ -13,7 +13,6 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, pairwise_iou
-from detectron2.utils.env import seed_all_rng
 from train_net_runner import REPO, tiny_cfg
 
 from d2_maskext.engine import Trainer
@@ -130,16 +129,6 @@ def test_float32_maskext_rcnn_predicts_exactly_like_generalized_rcnn(tmp_path):
         assert torch.equal(x, y), field
 
 
-@pytest.fixture(scope="module")
-def trained_tiny_weights(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trained_tiny")
-    seed_all_rng(0)
-    trainer = Trainer(tiny_cfg(out, "SOLVER.MAX_ITER", "300", "SOLVER.BASE_LR", "0.02", "SOLVER.WARMUP_ITERS", "20"))
-    trainer.train()
-    DetectionCheckpointer(trainer.model, save_dir=str(out)).save("trained")
-    return out / "trained.pth"
-
-
 def _float32_and_fast_detections(tmp_path: Path, weights: Path, *opts: str):
     """Yield ``(file name, float32 instances, fast instances)`` for each tiny val image, same weights."""
     models = []
@@ -153,23 +142,25 @@ def _float32_and_fast_detections(tmp_path: Path, weights: Path, *opts: str):
             yield record["file_name"], *(model([{"image": image}])[0]["instances"] for model in models)
 
 
-def test_fast_settings_find_as_many_objects_as_float32(tmp_path, trained_tiny_weights: Path):
+@pytest.mark.slow
+def test_fast_settings_find_as_many_objects_as_float32(tmp_path, tiny_trained_weights: Path):
     # Counted over the split, without the tiny config's cap of 10: near-tied boxes may survive suppression in
     # one precision and not the other, so single images differ by a detection or two.
     counts = {"float32": [], "fast": []}
-    for _, ref, fast in _float32_and_fast_detections(tmp_path, trained_tiny_weights, "TEST.DETECTIONS_PER_IMAGE", "100"):
+    for _, ref, fast in _float32_and_fast_detections(tmp_path, tiny_trained_weights, "TEST.DETECTIONS_PER_IMAGE", "100"):
         counts["float32"].append(len(ref))
         counts["fast"].append(len(fast))
     assert sum(counts["float32"]) > 0
     assert abs(sum(counts["float32"]) - sum(counts["fast"])) <= sum(counts["float32"]) / 10, counts
 
 
-def test_fast_settings_give_each_top_detection_the_same_class_and_box(tmp_path, trained_tiny_weights: Path):
+@pytest.mark.slow
+def test_fast_settings_give_each_top_detection_the_same_class_and_box(tmp_path, tiny_trained_weights: Path):
     # Every (proposal, class) pair is kept, so each detection has its own counterpart in the other precision.
     # With suppression on, a barely trained model's clusters of near-tied boxes let either precision keep a
     # different member, and the comparison would test tie-breaking instead of the fast settings.
     ious = []
-    for file_name, ref, fast in _float32_and_fast_detections(tmp_path, trained_tiny_weights, *EVERY_PAIR):
+    for file_name, ref, fast in _float32_and_fast_detections(tmp_path, tiny_trained_weights, *EVERY_PAIR):
         for a, b in ((ref, fast), (fast, ref)):
             a = a[a.scores.argsort(descending=True)[:TOP_DETECTIONS]]
             a = a[a.scores >= CONFIDENT_SCORE]

@@ -17,14 +17,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from pycocotools.coco import COCO
 from train_net_runner import REPO, TINY_CONFIG, load_script, tiny_cfg
 
-from d2_maskext.engine import Trainer
 from d2_maskext.predict import BatchPredictor, predict
 
 TINY_LAZY_CONFIG = REPO / "configs" / "lazy" / "synthetic" / "mask_rcnn_R18_FPN_GN_demo.py"
@@ -41,12 +39,8 @@ PREDICT_OPTS = (
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("predict_model")
-    torch.manual_seed(0)
-    model = Trainer.build_model(tiny_cfg(out))
-    DetectionCheckpointer(model, save_dir=str(out)).save("random_init")
-    return out / "random_init.pth"
+def weights(tiny_random_weights: Path) -> Path:
+    return tiny_random_weights
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,10 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
-from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 from lazy_tiny import TINY_DEMO_OVERRIDES, TINY_LAZY_CONFIG
 from torch import nn
-from train_net_runner import REPO, TINY_CONFIG, load_script, tiny_cfg
+from train_net_runner import REPO, TINY_CONFIG, load_script
 
 from d2_maskext.cli.model_analysis import FlopCountAnalysis
 from d2_maskext.layers import FusedROIPooler
@@ -101,10 +100,8 @@ def test_tools_name_a_config_they_cannot_read(tmp_path):
         load_script("tools/analyze_model.py").main(["--config-file", str(Path(tmp_path, "missing.yaml")), "--tasks", "structure"])
 
 
-def test_eval_report_of_a_model_reads_no_training_data(tmp_path, capsys):
-    weights = tmp_path / "random.pth"
-    torch.manual_seed(0)
-    torch.save({"model": build_model(tiny_cfg(tmp_path)).state_dict()}, weights)
+def test_eval_report_of_a_model_reads_no_training_data(tmp_path, capsys, tiny_random_weights: Path):
+    weights = tiny_random_weights
     missing = tmp_path / "missing"
     declared = f"[{{'name': 'absent_train', 'format': 'coco', 'image_root': '{missing}', 'annotations': '{missing}.json'}}]"
     out = tmp_path / "report"

@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # The test command: set up everything that is missing, lint, then run the whole test suite.
 # Extra arguments go to pytest, e.g. `bash tools/run_tests.sh -k roi_align`.
+# `--fast` (first argument) skips the set-up and every test marked `slow`, for a check in about a minute.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-bash tools/bootstrap.sh
+FAST=0
+if [ "${1:-}" = "--fast" ]; then
+  FAST=1
+  shift
+fi
 BIN="${D2MX_VENV:-$REPO/.venv}/bin"
+if [ "$FAST" = 0 ] || [ ! -x "$BIN/python" ]; then
+  bash tools/bootstrap.sh
+fi
 "$BIN/ruff" check .
+if [ "$FAST" = 1 ]; then
+  exec "$BIN/python" -m pytest -m "not slow" "$@"
+fi
 exec "$BIN/python" -m pytest "$@"

@@ -11,7 +11,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import ResNet
 from omegaconf import DictConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAZY_CONFIGS = sorted(p for p in (REPO / "configs" / "lazy").rglob("*.py") if "common" not in p.parts)
 TINY_LAZY_CONFIG = REPO / "configs" / "lazy" / "synthetic" / "mask_rcnn_R18_FPN_GN_demo.py"
 WIDTH = 32

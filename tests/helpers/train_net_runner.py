@@ -18,7 +18,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from d2_maskext.config import add_maskext_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "quick_schedules" / "mask_rcnn_R18_FPN_GN_tiny.yaml"
 
 

@@ -1,0 +1,1 @@
+"""Shared pieces of the test suite: dataset writers, the tiny model's configs and runners, session checks."""

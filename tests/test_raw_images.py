@@ -72,6 +72,8 @@ def test_raw_reads_every_file_type_exactly(tmp_path, name: str, shape: tuple[int
     assert image.dtype == np.float32 and image.shape == expected.shape and image.flags.c_contiguous
     np.testing.assert_array_equal(image, expected)
     assert needs_raw(tmp_path / name)
+    # Dataset registration and validation measure the same file (multi-band TIFF and .npy included).
+    assert image_io.image_size(tmp_path / name) == image_io.decoded_size(tmp_path / name) == (SIZE, SIZE + 3)
 
 
 def test_raw_reads_planar_tiff_bands_last(tmp_path):

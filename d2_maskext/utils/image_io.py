@@ -23,7 +23,7 @@ from PIL import Image
 
 from .._compat import apply_exif_orientation
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".npy")
 _EXIF_ORIENTATION = 274
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 logger = logging.getLogger(__name__)
@@ -172,32 +172,43 @@ def _channel_count(shape: tuple[int, ...], axes: str) -> int:
     return 1 if len(shape) == 2 else shape[-1] if axes.endswith("S") else shape[0]
 
 
+def _tiff_geometry(tiff: tifffile.TiffFile, path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of a TIFF's first series, from its header; refuses other layouts and bombs."""
+    series = tiff.series[0]
+    shape, axes = tuple(series.shape), series.axes
+    if len(shape) == 2 or (len(shape) == 3 and axes.endswith("YXS")):
+        height, width = shape[:2]
+    elif len(shape) == 3 and axes.endswith("YX"):
+        height, width = shape[1:]
+    else:
+        raise ValueError(f"expected a 2-D image with optional channels, got shape {shape} with axes {axes!r}")
+    _check_pixel_limit(path, height, width)
+    return height, width
+
+
 def _read_tiff(path: str | os.PathLike) -> np.ndarray:
     """A TIFF's first series as HWC: interleaved samples (``YXS``) as they are, planar bands or pages
     (``CYX``, ``SYX``, ``QYX`` ...) moved last."""
     with tifffile.TiffFile(os.fspath(path)) as tiff:
-        series = tiff.series[0]
-        shape, axes = tuple(series.shape), series.axes
-        if len(shape) == 2 or (len(shape) == 3 and axes.endswith("YXS")):
-            height, width = shape[:2]
-        elif len(shape) == 3 and axes.endswith("YX"):
-            height, width = shape[1:]
-        else:
-            raise ValueError(f"expected a 2-D image with optional channels, got shape {shape} with axes {axes!r}")
-        _check_pixel_limit(path, height, width)
-        array = series.asarray()
+        _tiff_geometry(tiff, path)
+        axes = tiff.series[0].axes
+        array = tiff.series[0].asarray()
     if array.ndim == 3 and not axes.endswith("S"):
         array = np.moveaxis(array, 0, -1)
     return array
 
 
-def _read_npy(path: str | os.PathLike) -> np.ndarray:
-    """A ``.npy`` array of shape (H, W) or (H, W, C), numbers only (no pickled objects)."""
+def _npy_array(path: str | os.PathLike) -> np.ndarray:
+    """A ``.npy`` file memory-mapped (header read only): numbers of shape (H, W) or (H, W, C), no pickles."""
     array = np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
     if array.ndim not in (2, 3) or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"expected a numeric (H, W) or (H, W, C) array, got shape {array.shape} of {array.dtype}")
     _check_pixel_limit(path, *array.shape[:2])
-    return np.array(array)
+    return array
+
+
+def _read_npy(path: str | os.PathLike) -> np.ndarray:
+    return np.array(_npy_array(path))
 
 
 def _read_with_opencv(path: str | os.PathLike) -> np.ndarray:
@@ -256,9 +267,27 @@ def _oriented_size(image: Image.Image) -> tuple[int, int]:
     return height, width
 
 
+def _raw_header_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of a TIFF or ``.npy`` file from its header (tifffile / numpy, any band count)."""
+    if Path(path).suffix.lower() == ".npy":
+        return _npy_array(path).shape[:2]
+    with tifffile.TiffFile(os.fspath(path)) as tiff:
+        return _tiff_geometry(tiff, path)
+
+
+def _is_raw_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in (*_TIFF_EXTENSIONS, ".npy")
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """``(height, width)`` after EXIF orientation, from the header only (no pixel decoding)."""
-    return _decode(path, _oriented_size)
+    """``(height, width)`` after EXIF orientation, from the header only (no pixel decoding). A TIFF or
+    ``.npy`` file that Pillow cannot open (multi-band rasters, arrays) is measured by tifffile or numpy."""
+    try:
+        return _decode(path, _oriented_size)
+    except ImageReadError as pillow_error:
+        if pillow_error.missing or not _is_raw_file(path):
+            raise
+        return _raw_fallback(path, pillow_error, _raw_header_size)
 
 
 def decoded_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -268,7 +297,24 @@ def decoded_size(path: str | os.PathLike) -> tuple[int, int]:
         image.load()
         return _oriented_size(image)
 
-    return _decode(path, decode)
+    try:
+        return _decode(path, decode)
+    except ImageReadError as pillow_error:
+        if pillow_error.missing or not _is_raw_file(path):
+            raise
+        return _raw_fallback(path, pillow_error, lambda p: read_raw_image(p, keep_dtype=True).shape[:2])
+
+
+def _raw_fallback(path: str | os.PathLike, pillow_error: ImageReadError, measure) -> tuple[int, int]:
+    """``measure(path)`` with the RAW readers; when they fail too, Pillow's error (the file is unreadable)."""
+    try:
+        return tuple(measure(path))
+    except ImageReadError as e:
+        if "decompression bomb" in e.reason:
+            raise
+        raise pillow_error from e
+    except Exception as e:
+        raise pillow_error from e
 
 
 def _label_array(image: Image.Image) -> np.ndarray:

@@ -41,6 +41,7 @@ def test_configs_found():
     assert "mask_rcnn_R18_FPN_GN_demo.yaml" in names and "mask_rcnn_R_50_FPN_1x.yaml" in names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
 def test_config_infers_and_trains_one_step(path: Path):
     """Inference runs on the freshly initialised model: one SGD step on random ResNet-50 weights can push

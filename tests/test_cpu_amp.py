@@ -21,6 +21,7 @@ def _record_stem_output_dtypes(model: torch.nn.Module) -> list[torch.dtype]:
     return dtypes
 
 
+@pytest.mark.slow
 def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights(tmp_path):
     trainer = Trainer(tiny_cfg(tmp_path, "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "2"))
     assert type(trainer._trainer) is CPUAutocastTrainer
@@ -50,6 +51,7 @@ def test_amp_disabled_keeps_detectron2_loop(tmp_path):
 VARIANTS = sorted((REPO / "configs" / "synthetic" / "variants").glob("*.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", VARIANTS, ids=lambda p: p.stem)
 def test_every_head_variant_trains_under_bfloat16_autocast(tmp_path, config: Path):
     cfg = tiny_cfg(tmp_path, "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "1", config=config)

@@ -35,9 +35,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VARIANTS = sorted(p.stem for p in (CONFIGS / "synthetic" / "variants").glob("*.yaml"))
 FPN_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 MASK_HEADS = ["MaskRCNNConvUpsampleHead", "MaskExtConvUpsampleHead", "BoundaryMaskHead", "LightMaskHead"]
-NEEDS_CUDA_KERNEL = pytest.mark.skipif(
-    not torch.cuda.is_available() or "cuda" not in ROI_ALIGN_DEVICE_TYPES, reason="needs a GPU and the CUDA kernel"
-)
+NEEDS_CUDA_KERNEL = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or "cuda" not in ROI_ALIGN_DEVICE_TYPES, reason="needs a GPU and the CUDA kernel"
+    ),
+]
 
 
 def variant_cfg(variant: str, *opts: str) -> CfgNode:

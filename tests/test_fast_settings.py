@@ -42,6 +42,7 @@ def _record_p2(model: torch.nn.Module) -> list[torch.Tensor]:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", VARIANTS, ids=lambda p: p.stem)
 def test_every_head_variant_trains_and_infers_in_channels_last_bfloat16(tmp_path, config: Path):
     trainer = Trainer(tiny_cfg(tmp_path, *FAST, "SOLVER.MAX_ITER", "1", config=config))
@@ -63,6 +64,7 @@ def test_every_head_variant_trains_and_infers_in_channels_last_bfloat16(tmp_path
     assert out.pred_masks.dtype == torch.bool and out.pred_masks.shape[1:] == (128, 128)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooler_type", ["ROIAlign", "ROIAlignV2", "ROIPool"])
 @pytest.mark.parametrize("mixed_precision", ["model", "solver"])
 def test_every_pooler_type_trains_under_mixed_precision(tmp_path, pooler_type: str, mixed_precision: str):

@@ -47,6 +47,7 @@ def _config_id(path: Path) -> str:
     return path.relative_to(CONFIGS / "lazy").as_posix()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", LAZY_CONFIGS, ids=_config_id)
 def test_lazy_config_trains_a_step_and_infers(tmp_path, config: Path):
     cfg = load_tiny_lazy(config, tmp_path)
@@ -87,6 +88,7 @@ def test_lazy_and_yaml_twins_build_the_same_model(lazy_name: str):
     assert _module_tree(lazy_model) == _module_tree(yaml_model)
 
 
+@pytest.mark.slow
 def test_lazyconfig_train_net_trains_two_iterations_and_evaluates(tmp_path):
     log = tmp_path / "log.txt"
     command = [

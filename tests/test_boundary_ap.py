@@ -10,9 +10,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from dataset_builders import unique_name
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
+from helpers.dataset_builders import unique_name
 from pycocotools.coco import COCO
 
 from d2_maskext.evaluation.boundary import (

@@ -14,7 +14,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
-from train_net_runner import shrink_to_tiny
+from helpers.train_net_runner import shrink_to_tiny
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.data.mappers import build_mapper

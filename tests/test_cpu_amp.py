@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.engine import SimpleTrainer
-from train_net_runner import REPO, tiny_cfg
+from helpers.train_net_runner import REPO, tiny_cfg
 
 from d2_maskext.engine import Trainer
 from d2_maskext.engine.cpu_amp import CPUAutocastTrainer

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 from detectron2.config import get_cfg
+from helpers.train_net_runner import REPO
 from test_fused_pooler import fpn_features, pooler_pair, random_boxes
 from test_roi_align import assert_low_precision_close_to_float32, random_rois
 from torchvision.ops import roi_align as tv_roi_align
-from train_net_runner import REPO
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.engine import Trainer

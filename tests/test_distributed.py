@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from train_net_runner import run_train_net, tail, train_net_command
+from helpers.train_net_runner import run_train_net, tail, train_net_command
 
 from d2_maskext.data.synthetic import BUILTIN_SYNTHETIC, ensure_generated
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from train_net_runner import REPO, load_script
+from helpers.train_net_runner import REPO, load_script
 
 PAGES = [REPO / "README.md", REPO / "tests" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 

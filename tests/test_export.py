@@ -22,9 +22,9 @@ from detectron2.modeling import build_model
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 from detectron2.utils.testing import random_boxes
+from helpers.train_net_runner import REPO, TINY_CONFIG, shrink_to_tiny, tiny_cfg
 from PIL import Image
 from torch import Tensor, nn
-from train_net_runner import REPO, TINY_CONFIG, shrink_to_tiny, tiny_cfg
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.export import ExportedMaskRCNN, MaskRCNNExportAdapter, UnsupportedModelError

@@ -20,8 +20,8 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.testing import assert_instances_allclose, random_boxes, reload_script_model
+from helpers.train_net_runner import shrink_to_tiny
 from torch import Tensor, nn
-from train_net_runner import shrink_to_tiny
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.export.scripting import INSTANCE_FIELDS

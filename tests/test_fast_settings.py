@@ -13,7 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, pairwise_iou
-from train_net_runner import REPO, tiny_cfg
+from helpers.train_net_runner import REPO, tiny_cfg
 
 from d2_maskext.engine import Trainer
 from d2_maskext.modeling import precision

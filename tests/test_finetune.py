@@ -15,7 +15,7 @@ import torch
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
-from train_net_runner import TINY_CONFIG
+from helpers.train_net_runner import TINY_CONFIG
 
 from d2_maskext.checkpoint import LoadReport, SafeCheckpointer
 from d2_maskext.config import add_maskext_config

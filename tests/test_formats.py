@@ -11,7 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from dataset_builders import (
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import polygons_to_bitmask
+from helpers.dataset_builders import (
     Scene,
     annotation_mask,
     box_xyxy,
@@ -27,9 +30,6 @@ from dataset_builders import (
     write_labelme,
     write_yolo,
 )
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import polygons_to_bitmask
 
 import d2_maskext  # noqa: F401  (registers formats and mappers)
 from d2_maskext.config import add_maskext_config

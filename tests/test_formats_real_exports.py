@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-from dataset_builders import annotation_mask, unique_name
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from helpers.dataset_builders import annotation_mask, unique_name
 from PIL import Image
 
 import d2_maskext  # noqa: F401  (registers formats)

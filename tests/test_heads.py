@@ -15,7 +15,7 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead, mask_rcnn_loss
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
-from train_net_runner import shrink_to_tiny
+from helpers.train_net_runner import shrink_to_tiny
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.data.mappers import build_mapper

@@ -11,7 +11,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from dataset_builders import (
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+from helpers.dataset_builders import (
     Scene,
     label_map_ids,
     loaded_instances,
@@ -21,11 +25,7 @@ from dataset_builders import (
     write_label_map,
     write_label_maps,
 )
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
-from train_net_runner import load_script
+from helpers.train_net_runner import load_script
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.data import DatasetError, prepare_datasets, register_dataset

@@ -11,8 +11,8 @@ import pytest
 import torch
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
-from lazy_tiny import LAZY_CONFIGS, REPO, TINY_DEMO_OVERRIDES, TINY_LAZY_CONFIG, load_tiny_lazy
-from train_net_runner import tail
+from helpers.lazy_tiny import LAZY_CONFIGS, REPO, TINY_DEMO_OVERRIDES, TINY_LAZY_CONFIG, load_tiny_lazy
+from helpers.train_net_runner import tail
 
 import d2_maskext  # noqa: F401  (registers the plugin components and the synthetic datasets)
 from d2_maskext.config import add_maskext_config

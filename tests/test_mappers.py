@@ -13,10 +13,10 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from dataset_builders import Scene, rectilinear, ring, unique_name, write_coco
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_train_loader
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from helpers.dataset_builders import Scene, rectilinear, ring, unique_name, write_coco
 from PIL import Image
 
 import d2_maskext  # noqa: F401  (registers formats and mappers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from detectron2.engine import HookBase
-from train_net_runner import tiny_cfg
+from helpers.train_net_runner import tiny_cfg
 
 from d2_maskext.engine import Trainer
 

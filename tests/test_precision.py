@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 from detectron2.config import LazyConfig, get_cfg
-from train_net_runner import REPO
+from helpers.train_net_runner import REPO
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.modeling import precision

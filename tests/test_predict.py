@@ -19,9 +19,9 @@ import pytest
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from helpers.train_net_runner import REPO, TINY_CONFIG, load_script, tiny_cfg
 from PIL import Image
 from pycocotools.coco import COCO
-from train_net_runner import REPO, TINY_CONFIG, load_script, tiny_cfg
 
 from d2_maskext.predict import BatchPredictor, predict
 

@@ -20,8 +20,8 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 from detectron2.utils.events import EventStorage
+from helpers.train_net_runner import TINY_CONFIG, load_script, tiny_cfg
 from PIL import Image
-from train_net_runner import TINY_CONFIG, load_script, tiny_cfg
 
 from d2_maskext.checkpoint import SafeCheckpointer
 from d2_maskext.data.mappers import ColorJitter, build_mapper

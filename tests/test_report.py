@@ -21,9 +21,9 @@ import pytest
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from helpers.train_net_runner import load_script, tiny_cfg
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from train_net_runner import load_script, tiny_cfg
 
 from d2_maskext.engine import Trainer
 from d2_maskext.evaluation import build_evaluator, write_report

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_net_runner import kill_process_group, start_train_net, tail, train_net_command
+from helpers.train_net_runner import kill_process_group, start_train_net, tail, train_net_command
 
 from d2_maskext.checkpoint import SafeCheckpointer
 from d2_maskext.utils import atomic_open

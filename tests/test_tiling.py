@@ -13,8 +13,8 @@ from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
-from lazy_tiny import TINY_LAZY_CONFIG, load_tiny_lazy
-from train_net_runner import tiny_cfg
+from helpers.lazy_tiny import TINY_LAZY_CONFIG, load_tiny_lazy
+from helpers.train_net_runner import tiny_cfg
 
 from d2_maskext.data.synthetic import BUILTIN_SYNTHETIC, generate_image, mosaic_scene
 from d2_maskext.modeling.tiling import (

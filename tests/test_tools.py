@@ -10,9 +10,9 @@ import cv2
 import pytest
 import torch
 from detectron2.structures import Boxes
-from lazy_tiny import TINY_DEMO_OVERRIDES, TINY_LAZY_CONFIG
+from helpers.lazy_tiny import TINY_DEMO_OVERRIDES, TINY_LAZY_CONFIG
+from helpers.train_net_runner import REPO, TINY_CONFIG, load_script
 from torch import nn
-from train_net_runner import REPO, TINY_CONFIG, load_script
 
 from d2_maskext.cli.model_analysis import FlopCountAnalysis
 from d2_maskext.layers import FusedROIPooler

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dataset_builders import (
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+from helpers.dataset_builders import (
     mask_scenes,
     polygon_scenes,
     unique_name,
@@ -16,9 +19,6 @@ from dataset_builders import (
     write_coco,
     write_yolo,
 )
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
 from PIL import Image
 
 import d2_maskext  # noqa: F401  (registers formats and mappers)

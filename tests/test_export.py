@@ -134,6 +134,7 @@ def test_each_head_variant_exports_with_dynamic_size(variant: str):
 
 
 # ------------------------------------------------------------------------------------------ formats
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["exported_program", "torchscript", "onnx"])
 def test_export_matches_pytorch_on_other_sizes(fmt: str, exports: dict[str, Path], model: nn.Module):
     exported = ExportedMaskRCNN(exports[fmt])
@@ -146,6 +147,7 @@ def test_export_matches_pytorch_on_other_sizes(fmt: str, exports: dict[str, Path
         assert_same_detections(exported(image), reference(model, image))
 
 
+@pytest.mark.slow
 def test_onnx_file_uses_standard_operators_only(exports: dict[str, Path]):
     import onnx
 
@@ -178,6 +180,7 @@ def test_scripted_torchscript_matches_pytorch(weights: Path, model: nn.Module, t
 
 
 # ------------------------------------------------------------------------------------------ runtime
+@pytest.mark.slow
 def test_runtime_pastes_like_detectron2(exports: dict[str, Path], model: nn.Module, tmp_path: Path):
     """Full-image results from a file: resized as at test time, boxes scaled back, masks pasted."""
     bgr = (np.random.default_rng(0).random((150, 230, 3)) * 255).astype(np.uint8)
@@ -195,6 +198,7 @@ def test_runtime_pastes_like_detectron2(exports: dict[str, Path], model: nn.Modu
     assert mismatch < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["exported_program", "onnx"])
 def test_runtime_needs_no_detectron2(fmt: str, exports: dict[str, Path], tmp_path: Path):
     """A fresh process loads the runtime by path and runs the export with torch (and the op) only."""
@@ -301,6 +305,7 @@ def test_pooler_without_onnx_translation_is_named(weights: Path, tmp_path: Path)
         run_export_tool(weights, tmp_path, "onnx", opts=opts)
 
 
+@pytest.mark.slow
 def test_image_outside_the_exported_range_is_refused(exports: dict[str, Path]):
     exported = ExportedMaskRCNN(exports["exported_program"])
     with pytest.raises(ValueError, match=r"image size \[40, 128\] is outside the exported range \[65, 4096\]"):
@@ -308,6 +313,7 @@ def test_image_outside_the_exported_range_is_refused(exports: dict[str, Path]):
 
 
 # ------------------------------------------------------------------------------------------ benchmark
+@pytest.mark.slow
 def test_benchmark_runs_on_two_images(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     """``benchmarks/bench_export.py`` end to end on the tiny model: parity, AP and the latency table."""
     sys.path.insert(0, str(REPO / "benchmarks"))

@@ -6,7 +6,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
+
+@pytest.mark.slow
 def test_import_without_compiled_extension_warns_and_works():
     script = textwrap.dedent(
         """

@@ -333,6 +333,7 @@ def _count_in_fresh_process(cfg_yaml: str, name: str) -> int:
     return len(DatasetCatalog.get(name))
 
 
+@pytest.mark.slow
 def test_declared_dataset_exists_in_spawned_workers(tmp_path):
     """``launch`` spawns workers that run ``setup_cfg``; the declaration alone must register the dataset there."""
     name = unique_name("spawned")

@@ -179,6 +179,7 @@ def test_cycle_finder_finds_a_cycle() -> None:
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+@pytest.mark.slow
 def test_engine_import_stays_light() -> None:
     """Importing the trainer must not load the report and its plotting libraries."""
     import subprocess

@@ -110,6 +110,7 @@ def test_lazyconfig_train_net_trains_two_iterations_and_evaluates(tmp_path):
     assert (out / "report" / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_eval_only_loads_the_checkpoint_evaluates_and_writes_the_report(tmp_path):
     cfg = load_tiny_lazy(TINY_LAZY_CONFIG, tmp_path)
     torch.manual_seed(0)

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import d2_maskext
 
 
@@ -38,6 +40,7 @@ def test_unknown_attribute_raises_attribute_error():
         raise AssertionError("expected AttributeError")
 
 
+@pytest.mark.slow
 def test_import_is_light_and_generates_no_data(tmp_path):
     code = (
         "import json, sys, d2_maskext\n"

@@ -43,9 +43,9 @@ def _seeded() -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     written = _GUARD.new_entries()
     if written:
-        session.config.get_terminal_writer().line(
-            "The test suite wrote into the checkout: " + ", ".join(written), red=True
-        )
+        writer = session.config.get_terminal_writer()
+        writer.line()
+        writer.line("The test suite wrote into the checkout: " + ", ".join(written), red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -161,7 +161,10 @@ def test_onnx_file_uses_standard_operators_only(exports: dict[str, Path]):
 
 @pytest.mark.slow
 def test_aoti_package_matches_pytorch(weights: Path, model: nn.Module, tmp_path: Path):
-    path = run_export_tool(weights, tmp_path, "aoti")
+    # Scalar kernels: Inductor's vectorization analysis under dynamic sizes and gcc on the vectorized code took
+    # two thirds of a 3-minute compile; the package, its loading and the plugin's ops are what is tested here.
+    with torch._inductor.config.patch({"cpp.simdlen": 1}):
+        path = run_export_tool(weights, tmp_path, "aoti")
     exported = ExportedMaskRCNN(path)
     for size in OTHER_SIZES[:2]:
         image = random_image(*size)

@@ -22,7 +22,7 @@ os.environ["D2MX_DATASETS"] = os.environ.get(
 )
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # OpenMP threads that wait for work sleep instead of spinning: on a 2-core machine shared with other processes
-# (the suite's own subprocesses included) spinning threads made each training step 5-10x slower. Set before
+# (the suite's own subprocesses included) spinning threads made each training step several times slower. Set before
 # torch (and its OpenMP runtime) is first imported; subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(TESTS / "helpers"))

@@ -11,6 +11,7 @@ the same mosaic ground truth with pycocotools (``coco_metrics``), up to ``--max-
     defaults (a full-image pass added; with the model's 0.05 score threshold SAHI switches itself to NMS/IoU);
   * SAHI GREEDYNMM/IOS: the same, with its greedy merge forced (``force_postprocess_type``);
   * plugin tiling: ``DefaultPredictor`` with ``MODEL.MASKEXT.TILING`` (masks as RLE);
+  * plugin tiling, fast settings: the same with ``MODEL.MASKEXT.PRECISION bfloat16`` + ``CHANNELS_LAST`` (docs/speed.md);
   * 16k scene: the plugin on one 16,384 x 16,384 mosaic (uint8 tensor, ``model(inputs)``), peak RSS only.
 
     python benchmarks/bench_tiling.py                  # needs output/demo/model_final.pth
@@ -39,7 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic" / "mask_rcnn_R18_FPN_GN_demo.yaml"
 WEIGHTS = REPO / "output" / "demo" / "model_final.pth"
 SAHI_INSTALL = "pip install --no-deps sahi==0.12.8 && pip install -r benchmarks/requirements-bench.txt"
-ROWS = ("per-image (ceiling)", "downscaled (stock)", "SAHI default", "SAHI GREEDYNMM/IOS", "plugin tiling")
+ROWS = (
+    "per-image (ceiling)", "downscaled (stock)", "SAHI default", "SAHI GREEDYNMM/IOS", "plugin tiling",
+    "plugin tiling, fast settings",
+)
+FAST_OPTS = ("MODEL.MASKEXT.PRECISION", "bfloat16", "MODEL.MASKEXT.CHANNELS_LAST", True)
 
 
 def cpu_description() -> str:
@@ -145,8 +150,9 @@ def run_row(args: argparse.Namespace) -> None:
         for image in coco["images"]:
             instances = predictor(cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"])))["instances"]
             results += _instances_results(instances, image["id"])
-    elif args.row == "plugin tiling":
-        predictor = DefaultPredictor(_cfg(args, *_tiling_opts(args, args.max_dets, args.tile)))
+    elif args.row.startswith("plugin tiling"):
+        fast = FAST_OPTS if args.row == "plugin tiling, fast settings" else ()
+        predictor = DefaultPredictor(_cfg(args, *_tiling_opts(args, args.max_dets, args.tile), *fast))
         start = time.perf_counter()
         for image in coco["images"]:
             instances = predictor(cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"])))["instances"]

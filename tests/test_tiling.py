@@ -204,6 +204,19 @@ def test_outputs_are_bit_masks_or_rles_at_the_original_size(many_tiles):
     assert len(kept.get(RLE_FIELD)) == len(kept) and kept.get(RLE_FIELD)[0] == rles.get(RLE_FIELD)[0]
 
 
+def test_tiles_run_under_bfloat16_and_channels_last(stock, image, many_tiles, tmp_path):
+    """The fast settings compose with tiling: tiles go through the model's autocast, the merge gets float32."""
+    bits = many_tiles[0]
+    fast = ("MODEL.MASKEXT.PRECISION", "bfloat16", "MODEL.MASKEXT.CHANNELS_LAST", "True")
+    opts = ("MODEL.MASKEXT.TILING.SIZE", "96", "MODEL.MASKEXT.TILING.OVERLAP", "0.25", *fast)
+    with torch.no_grad():
+        got = _tiled(stock, tmp_path, *opts)([{"image": image, "height": 200, "width": 250}])[0]["instances"]
+    assert got.pred_masks.dtype == torch.bool and got.pred_masks.shape[1:] == (200, 250)
+    assert got.scores.dtype == got.pred_boxes.tensor.dtype == torch.float32
+    assert abs(len(got) - len(bits)) <= 0.1 * len(bits)
+    assert set(got.pred_classes.tolist()) == set(bits.pred_classes.tolist())
+
+
 def test_merge_holds_masks_as_box_crops_not_image_size_masks(stock, image, tmp_path):
     settings = TilingSettings(size=96, overlap=0.25)
     tiled = _tiled(stock, tmp_path, "MODEL.MASKEXT.TILING.SIZE", "96")

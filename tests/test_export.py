@@ -76,6 +76,12 @@ def exports(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     return {fmt: run_export_tool(weights, root / fmt, fmt) for fmt in ("exported_program", "torchscript", "onnx")}
 
 
+@pytest.fixture(scope="module")
+def runtimes(exports: dict[str, Path]) -> dict[str, ExportedMaskRCNN]:
+    """Each fast format loaded once for the module by the runtime (an exported program takes seconds to load)."""
+    return {fmt: ExportedMaskRCNN(path) for fmt, path in exports.items()}
+
+
 def reference(model: nn.Module, image: Tensor) -> tuple[Tensor, ...]:
     with torch.no_grad():
         instances = model.inference([{"image": image}], do_postprocess=False)[0]
@@ -136,8 +142,10 @@ def test_each_head_variant_exports_with_dynamic_size(variant: str):
 # ------------------------------------------------------------------------------------------ formats
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["exported_program", "torchscript", "onnx"])
-def test_export_matches_pytorch_on_other_sizes(fmt: str, exports: dict[str, Path], model: nn.Module):
-    exported = ExportedMaskRCNN(exports[fmt])
+def test_export_matches_pytorch_on_other_sizes(
+    fmt: str, exports: dict[str, Path], runtimes: dict[str, ExportedMaskRCNN], model: nn.Module
+):
+    exported = runtimes[fmt]
     metadata = json.loads(exports[fmt].with_suffix(".json").read_text())
     assert metadata["format"] == fmt
     assert [o["name"] for o in metadata["outputs"]] == ["boxes", "scores", "classes", "masks"]
@@ -184,12 +192,12 @@ def test_scripted_torchscript_matches_pytorch(weights: Path, model: nn.Module, t
 
 # ------------------------------------------------------------------------------------------ runtime
 @pytest.mark.slow
-def test_runtime_pastes_like_detectron2(exports: dict[str, Path], model: nn.Module, tmp_path: Path):
+def test_runtime_pastes_like_detectron2(runtimes: dict[str, ExportedMaskRCNN], model: nn.Module, tmp_path: Path):
     """Full-image results from a file: resized as at test time, boxes scaled back, masks pasted."""
     bgr = (np.random.default_rng(0).random((150, 230, 3)) * 255).astype(np.uint8)
     path = tmp_path / "image.png"
     Image.fromarray(bgr[:, :, ::-1].copy()).save(path)
-    prediction = ExportedMaskRCNN(exports["onnx"]).predict_file(path)
+    prediction = runtimes["onnx"].predict_file(path)
     resized = T.ResizeShortestEdge(128, 128).get_transform(bgr).apply_image(bgr)  # the tiny config's test size
     image = torch.from_numpy(resized.transpose(2, 0, 1).copy()).float()
     with torch.no_grad():
@@ -309,8 +317,8 @@ def test_pooler_without_onnx_translation_is_named(weights: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_image_outside_the_exported_range_is_refused(exports: dict[str, Path]):
-    exported = ExportedMaskRCNN(exports["exported_program"])
+def test_image_outside_the_exported_range_is_refused(runtimes: dict[str, ExportedMaskRCNN]):
+    exported = runtimes["exported_program"]
     with pytest.raises(ValueError, match=r"image size \[40, 128\] is outside the exported range \[65, 4096\]"):
         exported(random_image(40, 128))
 

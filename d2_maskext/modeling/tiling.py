@@ -103,18 +103,7 @@ def tiling_from_config(cfg) -> TilingSettings | None:
             f"INPUT.MIN_SIZE_TEST to 0 (it is {cfg.INPUT.MIN_SIZE_TEST}, which would resize the whole image first); "
             "TILING.MIN_SIZE_TEST / TILING.MAX_SIZE_TEST resize each tile"
         )
-    return TilingSettings(
-        size=t.SIZE,
-        overlap=t.OVERLAP,
-        min_size_test=t.MIN_SIZE_TEST,
-        max_size_test=t.MAX_SIZE_TEST,
-        batch_size=t.BATCH_SIZE,
-        whole_image_pass=t.WHOLE_IMAGE_PASS,
-        merge_metric=t.MERGE_METRIC,
-        merge_threshold=t.MERGE_THRESHOLD,
-        max_detections=t.MAX_DETECTIONS,
-        rle_output=t.RLE_OUTPUT,
-    )
+    return TilingSettings(**{key.lower(): value for key, value in t.items()})  # fields are the keys, lower-case
 
 
 def check_tile_size(settings: TilingSettings, backbone: nn.Module) -> None:

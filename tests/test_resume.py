@@ -23,9 +23,11 @@ from helpers.train_net_runner import kill_process_group, start_train_net, tail, 
 from d2_maskext.checkpoint import SafeCheckpointer
 from d2_maskext.utils import atomic_open
 
-MAX_ITER = 4
-CHECKPOINT_PERIOD = 2  # checkpoints after iterations 1 and 3, then model_final.pth
-KILL_DELAY_S = 0.5  # after the first checkpoint is tagged: iteration 2 is running
+MAX_ITER = 12
+CHECKPOINT_PERIOD = 6  # checkpoints after iterations 5 and 11, then model_final.pth
+# After the first checkpoint is tagged, iteration 6 or 7 is running: the next checkpoint is still six iterations
+# away (a kill 0.5 s after the tag with checkpoints two iterations apart came too late once steps got fast).
+KILL_DELAY_S = 0.1
 STEP_COUNTER_KEY = "OptimizerStepCounter"
 
 

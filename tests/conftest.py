@@ -49,17 +49,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def _built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
+    """``build(folder)`` once per test run, also when pytest-xdist's workers all ask for it: the first one builds
+    under a file lock in the run's shared temporary folder and the others wait for it and reuse its result."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # shared by the workers of this run
+    folder, done = root / name, root / f"{name}.path"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            folder.mkdir(exist_ok=True)
+            done.write_text(str(build(folder)))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Weights of the untrained tiny model: enough where a test needs a model that predicts something."""
     from helpers.tiny_models import save_random_tiny
 
-    return save_random_tiny(tmp_path_factory.mktemp("tiny_random"))
+    return _built_once(tmp_path_factory, "tiny_random", save_random_tiny)
 
 
 @pytest.fixture(scope="session")
 def tiny_trained_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Weights of the tiny model trained to confident detections, trained once for the whole session."""
+    """Weights of the tiny model trained to confident detections, trained once for the whole run."""
     from helpers.tiny_models import train_tiny
 
-    return train_tiny(tmp_path_factory.mktemp("tiny_trained"))
+    return _built_once(tmp_path_factory, "tiny_trained", train_tiny)

@@ -128,15 +128,29 @@ def test_adapter_gives_each_head_variant_detections(variant: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_each_head_variant_exports_with_dynamic_size(variant: str):
-    model = _variant_model(variant)
-    adapter = MaskRCNNExportAdapter(model)
-    size = {1: torch.export.Dim("height", min=65, max=4096), 2: torch.export.Dim("width", min=65, max=4096)}
-    program = torch.export.export(adapter, (random_image(128, 96),), dynamic_shapes={"image": size})
-    image = random_image(100, 150)
-    with torch.no_grad():
-        assert_same_detections(program.module()(image), reference(model, image))
+class TestCompiledExports:
+    """The two longest exports. A class of their own: pytest-xdist (``--dist loadscope``) may then run them on
+    another worker than the module's tests that share the three-format export."""
+
+    @pytest.mark.parametrize("variant", VARIANTS)
+    def test_each_head_variant_exports_with_dynamic_size(self, variant: str):
+        model = _variant_model(variant)
+        adapter = MaskRCNNExportAdapter(model)
+        size = {1: torch.export.Dim("height", min=65, max=4096), 2: torch.export.Dim("width", min=65, max=4096)}
+        program = torch.export.export(adapter, (random_image(128, 96),), dynamic_shapes={"image": size})
+        image = random_image(100, 150)
+        with torch.no_grad():
+            assert_same_detections(program.module()(image), reference(model, image))
+
+    def test_aoti_package_matches_pytorch(self, weights: Path, model: nn.Module, tmp_path: Path):
+        # Scalar kernels: Inductor's vectorization analysis under dynamic sizes and gcc on the vectorized code took
+        # two thirds of a 3-minute compile; the package, its loading and the plugin's ops are what is tested here.
+        with torch._inductor.config.patch({"cpp.simdlen": 1}):
+            path = run_export_tool(weights, tmp_path, "aoti")
+        exported = ExportedMaskRCNN(path)
+        for size in OTHER_SIZES[:2]:
+            image = random_image(*size)
+            assert_same_detections(exported(image), reference(model, image))
 
 
 # ------------------------------------------------------------------------------------------ formats
@@ -165,18 +179,6 @@ def test_onnx_file_uses_standard_operators_only(exports: dict[str, Path]):
     session = onnxruntime.InferenceSession(str(exports["onnx"]), providers=["CPUExecutionProvider"])
     outputs = session.run(None, {"image": random_image(150, 110).numpy()})
     assert [o.shape[0] for o in outputs] == [len(outputs[0])] * 4
-
-
-@pytest.mark.slow
-def test_aoti_package_matches_pytorch(weights: Path, model: nn.Module, tmp_path: Path):
-    # Scalar kernels: Inductor's vectorization analysis under dynamic sizes and gcc on the vectorized code took
-    # two thirds of a 3-minute compile; the package, its loading and the plugin's ops are what is tested here.
-    with torch._inductor.config.patch({"cpp.simdlen": 1}):
-        path = run_export_tool(weights, tmp_path, "aoti")
-    exported = ExportedMaskRCNN(path)
-    for size in OTHER_SIZES[:2]:
-        image = random_image(*size)
-        assert_same_detections(exported(image), reference(model, image))
 
 
 @pytest.mark.slow

@@ -320,6 +320,9 @@ BUILTIN_SYNTHETIC: dict[str, SyntheticSpec] = {
     "maskext_synth_tiny_val_u16": SyntheticSpec(
         split="val", num_images=8, image_size=128, min_size=16, max_size=60, pixel_dtype="uint16", bands=1
     ),
+    # The demo's splits as single-channel 16-bit images (benchmarks/bench_raw_images.py).
+    "maskext_synth_train_u16": SyntheticSpec(split="train", num_images=1000, pixel_dtype="uint16", bands=1),
+    "maskext_synth_val_u16": SyntheticSpec(split="val", num_images=150, pixel_dtype="uint16", bands=1),
 }
 
 

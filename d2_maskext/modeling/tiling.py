@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.structures import Boxes, Instances
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..layers.paste_masks import paste_masks
+from ..utils.rle import runs_to_rle
 
 __all__ = [
     "RLEMasks",
@@ -303,19 +303,11 @@ def crop_to_rle(mask: np.ndarray, x0: int, y0: int, height: int, width: int) -> 
     xs, ys = np.nonzero(mask.T)  # column-major order, as COCO RLE runs
     flat = (xs.astype(np.int64) + x0) * height + (ys.astype(np.int64) + y0)
     if flat.size == 0:
-        counts = [height * width]
-    else:
-        breaks = np.flatnonzero(np.diff(flat) != 1)
-        starts = flat[np.concatenate([[0], breaks + 1])]
-        ends = flat[np.concatenate([breaks, [flat.size - 1]])] + 1
-        runs = np.empty(2 * starts.size + 1, np.int64)
-        runs[0:-1:2] = starts - np.concatenate([[0], ends[:-1]])
-        runs[1::2] = ends - starts
-        runs[-1] = height * width - ends[-1]
-        counts = (runs if runs[-1] else runs[:-1]).tolist()
-    rle = mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+        return runs_to_rle(flat, flat, height, width)
+    breaks = np.flatnonzero(np.diff(flat) != 1)
+    starts = flat[np.concatenate([[0], breaks + 1])]
+    ends = flat[np.append(breaks, flat.size - 1)] + 1
+    return runs_to_rle(starts, ends, height, width)
 
 
 class RLEMasks:

@@ -40,13 +40,22 @@ def label_map_rles(labels: np.ndarray) -> dict[int, dict]:
     ids, first = np.unique(values, return_index=True)
     rles = {}
     for instance_id, lo, hi in zip(ids.tolist(), first, np.append(first[1:], values.size)):
-        run_starts, run_ends = starts[lo:hi], ends[lo:hi]
-        counts = np.empty(2 * (hi - lo) + 1, np.int64)
-        counts[0:-1:2] = run_starts - np.concatenate([[0], run_ends[:-1]])  # background before each run
-        counts[1::2] = run_ends - run_starts
-        counts[-1] = flat.size - run_ends[-1]  # trailing background, written as pycocotools' encode does
-        counts = counts if counts[-1] else counts[:-1]
-        rle = mask_util.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
-        rle["counts"] = rle["counts"].decode("ascii")
-        rles[instance_id] = rle
+        rles[instance_id] = runs_to_rle(starts[lo:hi], ends[lo:hi], height, width)
     return rles
+
+
+def runs_to_rle(starts: np.ndarray, ends: np.ndarray, height: int, width: int) -> dict:
+    """Compressed RLE (``counts`` as a string) of the foreground runs ``[starts[i], ends[i])`` of an
+    ``height x width`` mask, as sorted, disjoint column-major pixel indices (the order of COCO RLE).
+
+    The runs become uncompressed RLE counts, written as pycocotools' ``encode`` writes them, which
+    pycocotools compresses exactly: no image-size array is ever allocated.
+    """
+    counts = np.empty(2 * starts.size + 1, np.int64)
+    counts[0:-1:2] = starts - np.concatenate([[0], ends[:-1]])  # background before each run
+    counts[1::2] = ends - starts
+    counts[-1] = height * width - (ends[-1] if ends.size else 0)  # trailing background
+    counts = counts if counts[-1] else counts[:-1]
+    rle = mask_util.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle

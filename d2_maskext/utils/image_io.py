@@ -56,11 +56,7 @@ def _decode(path: str | os.PathLike, decode, data: bytes | None = None):
     except FileNotFoundError as e:
         raise ImageReadError(path, "file not found", missing=True) from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(
-            path,
-            f"refused as a possible decompression bomb ({e}); PIL.Image.MAX_IMAGE_PIXELS is "
-            f"{Image.MAX_IMAGE_PIXELS}: raise it only for images you trust",
-        ) from e
+        raise _decompression_bomb(path, str(e)) from e
     except MemoryError:
         raise
     except Exception as e:  # any decoder failure means the file is unreadable
@@ -86,10 +82,9 @@ def read_image(path: str | os.PathLike, image_format: str | None) -> np.ndarray:
     """
     if image_format == RAW_FORMAT:
         return read_raw_image(path)
-    tiff_needs_raw = (
-        image_format in EIGHT_BIT_FORMATS and Path(path).suffix.lower() in _TIFF_EXTENSIONS and _tiff_needs_raw(path)
-    )
-    _warn_if_lossy(path, tiff_needs_raw, image_format)
+    eight_bit_tiff = image_format in EIGHT_BIT_FORMATS and Path(path).suffix.lower() in _TIFF_EXTENSIONS
+    if eight_bit_tiff and not _lossy_read_warned:  # a header parse per image only until the one warning is given
+        _warn_if_lossy(path, _tiff_needs_raw(path), image_format)
 
     def decode(image: Image.Image) -> np.ndarray:
         if image_format in EIGHT_BIT_FORMATS and image.format != "TIFF":
@@ -102,7 +97,7 @@ def read_image(path: str | os.PathLike, image_format: str | None) -> np.ndarray:
     try:
         return _decode(path, decode)
     except ImageReadError as e:
-        if not tiff_needs_raw:
+        if not (eight_bit_tiff and _tiff_needs_raw(path)):
             raise
         raise ImageReadError(path, f"{e.reason}; it has more than 8 bits or 4 channels: use INPUT.FORMAT 'RAW'") from e
 
@@ -161,11 +156,16 @@ def _warn_if_lossy(path: str | os.PathLike, lossy: bool, image_format: str) -> N
 def _check_pixel_limit(path: str | os.PathLike, height: int, width: int) -> None:
     """Pillow's decompression-bomb limit, for decoders other than Pillow (checked from the header)."""
     if Image.MAX_IMAGE_PIXELS and height * width > Image.MAX_IMAGE_PIXELS:
-        raise ImageReadError(
-            path,
-            f"refused as a possible decompression bomb ({width}x{height} pixels); PIL.Image.MAX_IMAGE_PIXELS is "
-            f"{Image.MAX_IMAGE_PIXELS}: raise it only for images you trust",
-        )
+        raise _decompression_bomb(path, f"{width}x{height} pixels")
+
+
+def _decompression_bomb(path: str | os.PathLike, detail: str) -> ImageReadError:
+    """The error for an image above Pillow's ``MAX_IMAGE_PIXELS``, whichever decoder found it."""
+    return ImageReadError(
+        path,
+        f"refused as a possible decompression bomb ({detail}); PIL.Image.MAX_IMAGE_PIXELS is "
+        f"{Image.MAX_IMAGE_PIXELS}: raise it only for images you trust",
+    )
 
 
 def _channel_count(shape: tuple[int, ...], axes: str) -> int:

@@ -202,6 +202,25 @@ def test_double_head_box_head_scripts():
     assert torch.equal(torch.jit.script(head)(features), head(features))
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_scripting_preparation_creates_no_module_it_visits(variant: str):
+    """TorchScript's preparation pass looks modules up by ``id()`` while freeing the ones Detectron2's backbone
+    patches deep-copy: a module created during the pass could reuse a freed id and be swapped for a stale one.
+    Each head's ``__prepare_scriptable__`` therefore only re-wires layers that existed before, and leaves the
+    eager head (its names and checkpoint keys) as it was."""
+    model = build_model(variant_cfg(variant))
+    heads = [m for m in model.modules() if hasattr(m, "_scriptable_lists")]
+    assert heads or variant in {"light_mask_head", "mask_loss_dice_boundary", "mask_scoring"}
+    for head in heads:
+        existing = {id(m) for m in head.modules()} | {id(m) for m in head.__dict__["_scriptable_lists"].values()}
+        keys = list(head.state_dict())
+        prepared = head.__prepare_scriptable__()
+        assert prepared is not head
+        assert all(id(m) in existing for m in prepared.modules() if m is not prepared)
+        assert list(head.state_dict()) == keys
+        assert not any(isinstance(m, nn.ModuleList) for m in head.children())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_whole_model_scripts(variant: str):

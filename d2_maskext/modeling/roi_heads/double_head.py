@@ -18,7 +18,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .head_layers import with_module_lists
+from .head_layers import keep_scriptable_lists, with_module_lists
 from .roi_heads import BoxHeadWithPredictor, MaskExtROIHeads
 
 
@@ -42,6 +42,7 @@ class DoubleConvFCHead(FastRCNNConvFCHead, BoxHeadWithPredictor):
             channels = reg_conv_dim
         self.reg_blocks = nn.Sequential(*blocks)
         self._reg_channels = reg_conv_dim
+        keep_scriptable_lists(self, "fc_branch")
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> dict:
@@ -57,7 +58,7 @@ class DoubleConvFCHead(FastRCNNConvFCHead, BoxHeadWithPredictor):
         return ret
 
     def __prepare_scriptable__(self) -> nn.Module:
-        return with_module_lists(self, "fc_branch")
+        return with_module_lists(self)
 
     def forward(self, x: Tensor) -> Tensor:
         cls_features = x

@@ -8,6 +8,8 @@ import fvcore.nn.weight_init as weight_init
 from detectron2.layers import Conv2d, get_norm
 from torch import nn
 
+_SCRIPTABLE_LISTS = "_scriptable_lists"  # where keep_scriptable_lists leaves its ModuleLists
+
 
 def conv3x3_norm_relu(in_channels: int, out_channels: int, norm: str, stride: int = 1) -> Conv2d:
     """3x3 conv + norm + ReLU with Detectron2's MSRA init, as in its mask head."""
@@ -25,13 +27,27 @@ def conv3x3_norm_relu(in_channels: int, out_channels: int, norm: str, stride: in
     return conv
 
 
-def with_module_lists(module: nn.Module, *list_names: str) -> nn.Module:
-    """A deep copy of ``module`` whose plain Python lists of layers ``list_names`` are ``nn.ModuleList``s.
+def keep_scriptable_lists(module: nn.Module, *list_names: str) -> None:
+    """At the end of ``__init__``: an ``nn.ModuleList`` per plain Python list of layers, for ``with_module_lists``.
 
-    For ``__prepare_scriptable__``: TorchScript cannot iterate a Python list of modules, and the layers must
-    keep their own (stock checkpoint) names in eager mode. The scripted copy reaches each layer under both.
+    They are built now, not while scripting, and kept outside ``_modules`` (eager names and checkpoint keys
+    stay stock's). TorchScript's preparation pass remembers modules by ``id()`` while Detectron2's backbone
+    patches free the modules they deep-copy; a module created during that pass can reuse a freed id and be
+    swapped for a stale module, an order-dependent scripting failure.
     """
-    scriptable = copy.deepcopy(module)
-    for name in list_names:
-        setattr(scriptable, name, nn.ModuleList(getattr(scriptable, name)))
+    module.__dict__[_SCRIPTABLE_LISTS] = {name: nn.ModuleList(getattr(module, name)) for name in list_names}
+
+
+def with_module_lists(module: nn.Module) -> nn.Module:
+    """For ``__prepare_scriptable__``: a shallow copy whose lists from ``keep_scriptable_lists`` are submodules.
+
+    TorchScript cannot iterate a Python list of modules. The copy shares every layer and parameter with
+    ``module`` (which is left as it is) and reaches each listed layer under both names.
+    """
+    scriptable = copy.copy(module)
+    lists = scriptable.__dict__.pop(_SCRIPTABLE_LISTS)
+    for name in lists:
+        del scriptable.__dict__[name]
+    scriptable.__dict__["_modules"] = {**module._modules, **lists}
     return scriptable
+

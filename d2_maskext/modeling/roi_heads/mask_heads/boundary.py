@@ -15,7 +15,7 @@ from fvcore.nn import weight_init
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..head_layers import conv3x3_norm_relu, with_module_lists
+from ..head_layers import conv3x3_norm_relu, keep_scriptable_lists, with_module_lists
 from ..mask_losses import dice_loss, mask_boundary, select_mask_targets
 from .conv_upsample import MaskExtConvUpsampleHead
 
@@ -59,6 +59,7 @@ class BoundaryMaskHead(MaskExtConvUpsampleHead):
         nn.init.normal_(self.boundary_predictor.weight, std=0.001)
         nn.init.zeros_(self.boundary_predictor.bias)
         self.boundary_loss_weight = boundary_loss_weight
+        keep_scriptable_lists(self, "conv_norm_relus", "boundary_convs")
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape) -> dict:
@@ -68,7 +69,7 @@ class BoundaryMaskHead(MaskExtConvUpsampleHead):
         return ret
 
     def __prepare_scriptable__(self) -> nn.Module:
-        return with_module_lists(self, "conv_norm_relus", "boundary_convs")
+        return with_module_lists(self)
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mask logits and boundary logits, both ``(B, C, 2R, 2R)``."""

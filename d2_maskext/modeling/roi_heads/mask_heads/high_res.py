@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ....layers.fused_pooler import convert_pooler
-from ..head_layers import conv3x3_norm_relu, with_module_lists
+from ..head_layers import conv3x3_norm_relu, keep_scriptable_lists, with_module_lists
 from .conv_upsample import MaskExtConvUpsampleHead
 
 
@@ -63,6 +63,7 @@ class HighResMaskHead(MaskExtConvUpsampleHead):
             self.refine_convs.append(conv)
         self.refine_deconv = ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
         weight_init.c2_msra_fill(self.refine_deconv)
+        keep_scriptable_lists(self, "conv_norm_relus", "refine_convs")
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec | dict[str, ShapeSpec]) -> dict:
@@ -107,7 +108,7 @@ class HighResMaskHead(MaskExtConvUpsampleHead):
         return ret
 
     def __prepare_scriptable__(self) -> nn.Module:
-        return with_module_lists(self, "conv_norm_relus", "refine_convs")
+        return with_module_lists(self)
 
     def forward(self, x: dict[str, Tensor], instances: list[Instances]):
         """``MaskExtHead.forward`` typed for feature maps (TorchScript compiles one signature per class)."""

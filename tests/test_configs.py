@@ -16,6 +16,7 @@ from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 from helpers.train_net_runner import shrink_to_tiny
 
+from d2_maskext.cli.config_loading import read_yaml_config
 from d2_maskext.config import add_maskext_config
 from d2_maskext.data.mappers import build_mapper
 
@@ -28,8 +29,7 @@ CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if not p.name.startswith
 def tiny_cfg(path: Path):
     """``path`` shrunk to the tiny test model, with the five classes of the synthetic batches (fine-tuning
     configs name their own); every detection is kept, so inference always returns some."""
-    cfg = add_maskext_config(get_cfg())
-    cfg.merge_from_file(str(path))
+    cfg = read_yaml_config(path)  # as the tools read it: Detectron2 project keys (PointRend) included
     shrink_to_tiny(cfg)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 5
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0

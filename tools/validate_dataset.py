@@ -21,9 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from detectron2.config import get_cfg
-
-from d2_maskext.config import add_maskext_config
+from d2_maskext.cli.config_loading import read_yaml_config
 from d2_maskext.data import format_names, register_dataset, scan_dataset
 from d2_maskext.data.registration import register_declared_datasets
 from d2_maskext.data.validation import dataset_names
@@ -86,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         names = [source.name]
     else:
-        cfg = add_maskext_config(get_cfg())
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
+        cfg = read_yaml_config(args.config_file, args.opts)
         declared = register_declared_datasets(cfg)
         names = args.datasets or list(dict.fromkeys(dataset_names(cfg) + declared))
     reports = [scan_dataset(name, read_images=not args.no_images, max_examples=args.max_examples) for name in names]

@@ -7,8 +7,9 @@ test dataset's metadata, which is read without loading the images or annotations
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,53 @@ logger = logging.getLogger(__name__)
 
 YAML_SUFFIXES = (".yaml", ".yml")
 LAZY_SUFFIX = ".py"
+
+# Config functions of Detectron2 projects, as "module:function". A YAML config (or override) that sets any key
+# one of them adds gets that function applied before it is merged; importing the module also registers the
+# project's heads. ``register_project_config`` adds a project of your own.
+PROJECT_CONFIGS: list[str] = ["detectron2.projects.point_rend:add_pointrend_config"]
+
+
+def register_project_config(add_config: str) -> None:
+    """Make the YAML tools accept the keys that ``add_config`` ("module:function", e.g. a project's
+    ``add_x_config``) adds, whenever a config file or override sets one of them."""
+    module, _, name = add_config.partition(":")
+    if not module or not name:
+        raise ValueError(f"register_project_config wants 'module:function', got {add_config!r}")
+    if add_config not in PROJECT_CONFIGS:
+        PROJECT_CONFIGS.append(add_config)
+
+
+def _flat_keys(node: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in node.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= _flat_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _project_config_function(add_config: str) -> Callable[[CfgNode], Any]:
+    module, _, name = add_config.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def read_yaml_config(path: str | Path, opts: Sequence[str] = ()) -> CfgNode:
+    """The YAML config at ``path`` (its ``_BASE_`` chain included) with ``KEY VALUE`` ``opts``, on Detectron2's
+    defaults plus the plugin's keys plus the keys of every Detectron2 project (:data:`PROJECT_CONFIGS`) whose
+    keys it sets. Not frozen."""
+    cfg = add_maskext_config(get_cfg())
+    wanted = _flat_keys(CfgNode.load_yaml_with_base(str(path), allow_unsafe=True)) | set(opts[0::2])
+    for add_config in PROJECT_CONFIGS:
+        add_keys = _project_config_function(add_config)
+        probe = get_cfg()
+        before = _flat_keys(probe)
+        add_keys(probe)
+        if (_flat_keys(probe) - before) & wanted:
+            add_keys(cfg)
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def is_lazy_config(path: str | Path) -> bool:
@@ -247,9 +295,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> LoadedConfig
         config: Any = LazyConfig.load(str(path))
         LazyConfig.apply_overrides(config, [f"{key}={value}" for key, value in pairs])
         return LoadedConfig(path, config)
-    cfg = add_maskext_config(get_cfg())
-    cfg.merge_from_file(str(path))
-    cfg.merge_from_list([item for pair in pairs for item in pair])
+    cfg = read_yaml_config(path, [item for pair in pairs for item in pair])
     cfg.freeze()
     register_declared_datasets(cfg)
     return LoadedConfig(path, cfg)

@@ -8,23 +8,20 @@ from __future__ import annotations
 
 from argparse import Namespace
 
-from detectron2.config import CfgNode, LazyConfig, get_cfg
+from detectron2.config import CfgNode, LazyConfig
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import add_maskext_config
 from ..data import prepare_datasets
+from .config_loading import read_yaml_config
 
 
 def setup_cfg(args: Namespace) -> CfgNode:
     """The frozen YAML config from ``--config-file`` and trailing ``KEY VALUE`` opts; declared datasets
     registered and checked."""
-    cfg = get_cfg()
-    add_maskext_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = read_yaml_config(args.config_file, args.opts)
     cfg.freeze()
     prepare_datasets(cfg)
     default_setup(cfg, args)

@@ -27,10 +27,13 @@ from tqdm import tqdm
 
 from ..utils.atomic_file import atomic_open
 from ..utils.rle import mask_to_rle
+from .boundary_shapes import BOUNDARY_CLASSES, draw_boundary_shape
 
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("ring", "star", "cross", "crescent", "frame")
+# "demo": the demo's shapes, below; "boundary": large shapes with teeth, spokes, strokes (boundary_shapes.py).
+SHAPE_SETS: dict[str, tuple[str, ...]] = {"demo": SYNTHETIC_CLASSES, "boundary": BOUNDARY_CLASSES}
 GENERATOR_VERSION = 2
 MIN_CONTRAST = 80.0  # minimum RGB distance between an object's base colour and what it covers
 _SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_029}
@@ -53,6 +56,13 @@ class SyntheticSpec:
     max_occlusion: float = 0.5
     pixel_dtype: str = "uint8"  # one of PIXEL_DTYPES
     bands: int = 3
+    shapes: str = "demo"  # a key of SHAPE_SETS
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        if self.shapes not in SHAPE_SETS:
+            raise ValueError(f"shapes must be one of {sorted(SHAPE_SETS)}, got {self.shapes!r}")
+        return SHAPE_SETS[self.shapes]
 
     @property
     def is_rgb8(self) -> bool:
@@ -64,13 +74,17 @@ class SyntheticSpec:
             f"v{GENERATOR_VERSION}_{self.split}_n{self.num_images}_s{self.image_size}_seed{self.seed}"
             f"_i{self.min_instances}-{self.max_instances}_z{self.min_size:g}-{self.max_size:g}_o{self.max_occlusion:g}"
         )
-        return name if self.is_rgb8 else f"{name}_{self.pixel_dtype}_b{self.bands}"
+        name = name if self.is_rgb8 else f"{name}_{self.pixel_dtype}_b{self.bands}"
+        return name if self.shapes == "demo" else f"{name}_{self.shapes}"
 
     def info(self) -> dict:
-        """The spec as stored in the COCO file; 8-bit colour specs leave out the pixel keys, as before they existed."""
+        """The spec as stored in the COCO file; keys at their defaults that predate the first split are left
+        out (the pixel keys of 8-bit colour specs, the demo shapes), as before they existed."""
         info = asdict(self)
         if self.is_rgb8:
             del info["pixel_dtype"], info["bands"]
+        if self.shapes == "demo":
+            del info["shapes"]
         return info
 
 
@@ -103,7 +117,7 @@ def _ellipse(canvas: np.ndarray, center: np.ndarray, axes: tuple[float, float], 
     _fill(canvas, center, pts, value)
 
 
-def _draw_shape(cls: int, canvas: np.ndarray, center: np.ndarray, size: float, rng: np.random.Generator) -> None:
+def _draw_demo_shape(cls: int, canvas: np.ndarray, center: np.ndarray, size: float, rng: np.random.Generator) -> None:
     """Draw class ``cls`` with diameter ~``size`` into the uint8 ``canvas`` (1 = object)."""
     r = size / 2
     angle = rng.uniform(0, 2 * np.pi)
@@ -172,15 +186,17 @@ def generate_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, list[di
     img = _background(rng, s)
     visible: list[np.ndarray] = []
     classes: list[int] = []
+    num_classes = len(spec.classes)
+    draw = draw_boundary_shape if spec.shapes == "boundary" else _draw_demo_shape
     target = int(rng.integers(spec.min_instances, spec.max_instances + 1))
     for _ in range(target * 6):
         if len(classes) == target:
             break
-        cls = int(rng.integers(len(SYNTHETIC_CLASSES)))
+        cls = int(rng.integers(num_classes))
         size = float(np.exp(rng.uniform(np.log(spec.min_size), np.log(spec.max_size))))
         center = rng.uniform(size * 0.3, s - size * 0.3, size=2)
         full = np.zeros((s, s), np.uint8)
-        _draw_shape(cls, full, center, size, rng)
+        draw(cls, full, center, size, rng)
         if full.sum() < 16:
             continue
         # The new shape is painted on top: keep it only if every earlier instance stays mostly visible.
@@ -270,7 +286,7 @@ def ensure_generated(spec: SyntheticSpec, root: Path | None = None) -> Path:
         "info": {"description": "d2_maskext synthetic dataset", "spec": spec.info()},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SYNTHETIC_CLASSES)],
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(spec.classes)],
     }
     _write_bytes(json_path, json.dumps(coco).encode())
     logger.info("generated %d synthetic %s images with %d instances in %s", len(images), spec.split, len(annotations), out)
@@ -299,8 +315,8 @@ def register_synthetic(name: str, spec: SyntheticSpec, root: Path | None = None)
 
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
-        thing_classes=list(SYNTHETIC_CLASSES),
-        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTHETIC_CLASSES))},
+        thing_classes=list(spec.classes),
+        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(spec.classes))},
         json_file=str(json_path),
         image_root=str(json_path.parent / "images"),
         evaluator_type="coco",
@@ -323,6 +339,15 @@ BUILTIN_SYNTHETIC: dict[str, SyntheticSpec] = {
     # The demo's splits as single-channel 16-bit images (benchmarks/bench_raw_images.py).
     "maskext_synth_train_u16": SyntheticSpec(split="train", num_images=1000, pixel_dtype="uint16", bands=1),
     "maskext_synth_val_u16": SyntheticSpec(split="val", num_images=150, pixel_dtype="uint16", bands=1),
+    # Boundary stress (benchmarks/bench_heads.py): 150-500 px gears, wheels, letters, twigs and spirals in 640 px images.
+    "maskext_boundary_train": SyntheticSpec(
+        split="train", num_images=600, image_size=640, min_instances=2, max_instances=5, min_size=150, max_size=500,
+        shapes="boundary",
+    ),
+    "maskext_boundary_val": SyntheticSpec(
+        split="val", num_images=100, image_size=640, min_instances=2, max_instances=5, min_size=150, max_size=500,
+        shapes="boundary",
+    ),
 }
 
 
@@ -392,7 +417,7 @@ def ensure_mosaics(spec: SyntheticSpec, grid: tuple[int, int], root: Path | None
         "info": {"description": "d2_maskext synthetic mosaics", "spec": spec.info(), "grid": [rows, cols]},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SYNTHETIC_CLASSES)],
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(spec.classes)],
     }
     _write_bytes(json_path, json.dumps(coco).encode())
     return json_path

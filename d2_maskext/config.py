@@ -21,6 +21,7 @@ def add_maskext_config(cfg: CN) -> CN:
     _add_eval_config(cfg)
     _add_reliability_config(cfg)
     _add_tiling_config(cfg)
+    _add_training_loop_config(cfg)
     return cfg
 
 
@@ -166,6 +167,28 @@ def _add_tiling_config(cfg: CN) -> None:
     cfg.MODEL.MASKEXT.TILING.MAX_DETECTIONS = 1000  # per image, after merging
     # Masks as compressed COCO RLEs in the Instances field "pred_masks_rle" instead of image-size pred_masks.
     cfg.MODEL.MASKEXT.TILING.RLE_OUTPUT = False
+
+
+def _add_training_loop_config(cfg: CN) -> None:
+    """The loop around training (docs/training.md): validation loss, best checkpoint, early stopping and
+    evaluation images in TensorBoard."""
+    # Every N iterations the training losses on a fixed subset of DATASETS.TEST (no gradients), logged as
+    # validation/<loss> and validation/total_loss; 0 = off.
+    cfg.TEST.VAL_LOSS_PERIOD = 0
+    cfg.TEST.VAL_LOSS_IMAGES = 50  # images per test dataset, evenly spaced through it, the same every time
+    # Test images shown in TensorBoard at each evaluation, ground truth beside predictions; 0 = off.
+    cfg.TEST.VIS_IMAGES = 4
+    cfg.TEST.VIS_SCORE_THRESHOLD = 0.5  # predictions drawn in those images score at least this
+    cfg.SOLVER.BEST_CHECKPOINT = CN()
+    # Metric that picks model_best.pth (with best_metric.json) after each evaluation, e.g. "segm/AP",
+    # "bbox/AP", "boundary/AP", "validation/total_loss" (with TEST.VAL_LOSS_PERIOD); "" = off.
+    cfg.SOLVER.BEST_CHECKPOINT.METRIC = ""
+    cfg.SOLVER.BEST_CHECKPOINT.MODE = "max"  # "max" (AP) or "min" (losses)
+    cfg.SOLVER.EARLY_STOPPING = CN()
+    # Stop after this many evaluations in a row without an improvement of the best-checkpoint metric by
+    # more than MIN_DELTA; the final evaluation then runs on model_best.pth. 0 = off.
+    cfg.SOLVER.EARLY_STOPPING.PATIENCE = 0
+    cfg.SOLVER.EARLY_STOPPING.MIN_DELTA = 0.0
 
 
 def lazy_dataset_names(cfg: DictConfig, split: str) -> list[str]:

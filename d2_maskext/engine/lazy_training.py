@@ -11,6 +11,12 @@ Keys a plugin lazy config adds to Detectron2's ``common/train.py``::
     train.checkpointer.allow_unsafe_pickle = False     # CHECKPOINT.ALLOW_UNSAFE_PICKLE
     train.clip_gradients = dict(enabled=False, clip_type="norm", clip_value=1.0, norm_type=2.0)
     train.report = dict(enabled=True, score_threshold=0.5, iou_threshold=0.5, num_worst_images=8)
+    # The loop around training (docs/training.md), as TEST.VAL_LOSS_*, SOLVER.BEST_CHECKPOINT.*,
+    # SOLVER.EARLY_STOPPING.* and TEST.VIS_*; absent keys are off:
+    train.val_loss = dict(period=0, images=50)
+    train.best_checkpoint = dict(metric="", mode="max")
+    train.early_stopping = dict(patience=0, min_delta=0.0)
+    train.vis_images = dict(count=0, score_threshold=0.5)
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ from ..config import lazy_dataset_names
 from ..evaluation.coco_metrics import load_results_json, result_tasks
 from ..evaluation.report import ReportOptions, build_report, dataset_ground_truth
 from ..modeling.precision import amp_enabled
+from .best_checkpoint import TrainingStopped
 from .hooks import OptimizerStepCounter
 from .trainer import ddp_device_ids, training_loop_class
+from .training_loop import around_eval_hook, lazy_loop_settings
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +101,19 @@ def _with_gradient_clipping(cfg: DictConfig, optimizer: torch.optim.Optimizer) -
     return maybe_add_gradient_clipping(solver_keys, optimizer)
 
 
+def lazy_validation_loss_mapper(cfg: DictConfig) -> Any:
+    """``dataloader.test.mapper`` in training mode (annotations kept, with the training mapper's instance
+    masks): the test-time resize and no random augmentation, so the validation images are the same each time."""
+    mapper = OmegaConf.to_container(cfg.dataloader.test.mapper, resolve=True)
+    train_mapper = "dataloader.train.mapper"
+    mapper.update(
+        is_train=True,
+        use_instance_mask=bool(_select(cfg, f"{train_mapper}.use_instance_mask", False)),
+        instance_mask_format=_select(cfg, f"{train_mapper}.instance_mask_format", "polygon"),
+    )
+    return instantiate(mapper)
+
+
 def lazy_test(cfg: DictConfig, model: nn.Module) -> dict:
     """Evaluate on ``dataloader.test`` with ``dataloader.evaluator``; write the report if ``train.report``
     asks for it. Returns the evaluator's results (empty without an evaluator)."""
@@ -124,8 +145,9 @@ def _write_report(cfg: DictConfig) -> None:
 
 
 def lazy_train(cfg: DictConfig, resume: bool) -> None:
-    """Train ``cfg.model`` on ``dataloader.train`` for ``train.max_iter`` iterations, evaluating every
-    ``train.eval_period`` iterations and at the end."""
+    """Train ``cfg.model`` on ``dataloader.train`` for ``train.max_iter`` iterations (or until early
+    stopping ends it), evaluating every ``train.eval_period`` iterations and at the end."""
+    settings = lazy_loop_settings(cfg)  # bad settings stop here, before anything is built
     model = build_lazy_model(cfg)
     logger.info("Model:\n%s", model)
     cfg.optimizer.params.model = model
@@ -138,25 +160,36 @@ def lazy_train(cfg: DictConfig, resume: bool) -> None:
     output_dir = _select(cfg, "train.output_dir", "./output")
     max_iter = int(cfg.train.max_iter)
     period = _select(cfg, "train.checkpointer.period", 5000)
+    stock_hooks = [
+        OptimizerStepCounter(),
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(
+            checkpointer, period, max_iter=max_iter, max_to_keep=_select(cfg, "train.checkpointer.max_to_keep", None)
+        )
+        if comm.is_main_process()
+        else None,
+        hooks.EvalHook(_select(cfg, "train.eval_period", 0), lambda: lazy_test(cfg, model)),
+        hooks.PeriodicWriter(default_writers(output_dir, max_iter), period=_select(cfg, "train.log_period", 20))
+        if comm.is_main_process()
+        else None,
+    ]
     trainer.register_hooks(
-        [
-            OptimizerStepCounter(),
-            hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(
-                checkpointer, period, max_iter=max_iter, max_to_keep=_select(cfg, "train.checkpointer.max_to_keep", None)
-            )
-            if comm.is_main_process()
-            else None,
-            hooks.EvalHook(_select(cfg, "train.eval_period", 0), lambda: lazy_test(cfg, model)),
-            hooks.PeriodicWriter(default_writers(output_dir, max_iter), period=_select(cfg, "train.log_period", 20))
-            if comm.is_main_process()
-            else None,
-        ]
+        around_eval_hook(
+            stock_hooks,
+            settings,
+            model,
+            checkpointer,
+            loss_mapper=lambda: lazy_validation_loss_mapper(cfg),
+            test_mapper=lambda: instantiate(cfg.dataloader.test.mapper),
+        )
     )
     checkpointer.resume_or_load(_select(cfg, "train.init_checkpoint", ""), resume=resume)
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
-    trainer.train(start_iter, max_iter)
+    try:
+        trainer.train(start_iter, max_iter)
+    except TrainingStopped as stop:
+        logger.info("%s", stop)
 
 
 def lazy_evaluate(cfg: DictConfig, resume: bool) -> dict:
@@ -173,4 +206,5 @@ __all__ = [
     "lazy_evaluate",
     "lazy_test",
     "lazy_train",
+    "lazy_validation_loss_mapper",
 ]

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data.detection_utils import build_augmentation
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -26,12 +27,16 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from ..checkpoint import SafeCheckpointer
-from ..data.mappers import build_mapper
+from ..data.mappers import MaskExtDatasetMapper, build_mapper
 from ..evaluation import build_evaluator
 from ..modeling.meta_arch import MaskExtRCNN
 from ..modeling.precision import ComputeSettings, amp_enabled, training_dtype
+from .best_checkpoint import TrainingStopped
 from .cpu_amp import CPUAutocastTrainer
 from .hooks import OptimizerStepCounter
+from .training_loop import around_eval_hook, yaml_loop_settings
+
+logger = logging.getLogger(__name__)
 
 
 def _is_cuda_model(model: nn.Module) -> bool:
@@ -63,7 +68,9 @@ class Trainer(DefaultTrainer):
     Differences from ``DefaultTrainer``: multi-process training works on CPU (gloo), ``SOLVER.AMP.ENABLED``
     works on CPU (bfloat16 autocast, :class:`CPUAutocastTrainer`), checkpoints are
     written atomically and loaded weights-only (:class:`SafeCheckpointer`), optimizer steps are counted
-    across resumes (:class:`OptimizerStepCounter`), and a NaN/inf loss error says how to recover.
+    across resumes (:class:`OptimizerStepCounter`), a NaN/inf loss error says how to recover, and the loop
+    around training of :mod:`.training_loop` (validation loss, best checkpoint, early stopping, evaluation
+    images) runs when its keys select it.
     """
 
     def __init__(self, cfg: CfgNode) -> None:
@@ -77,6 +84,9 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # setup_logger not called for d2
             setup_logger()
+        if not logging.getLogger("d2_maskext").handlers:  # the plugin's messages (e.g. why training stopped)
+            setup_logger(cfg.OUTPUT_DIR, comm.get_rank(), name="d2_maskext", enable_propagation=True)
+        self.loop_settings = yaml_loop_settings(cfg)  # bad settings stop here, before anything is built
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -104,7 +114,28 @@ class Trainer(DefaultTrainer):
         return SafeCheckpointer.from_config(cfg, model, **checkpointables)
 
     def build_hooks(self) -> list[HookBase | None]:
-        return [OptimizerStepCounter(), *super().build_hooks()]
+        return around_eval_hook(
+            [OptimizerStepCounter(), *super().build_hooks()],
+            self.loop_settings,
+            self.model,
+            self.checkpointer,
+            loss_mapper=lambda: self.build_validation_loss_mapper(self.cfg),
+            test_mapper=lambda: build_mapper(self.cfg, is_train=False),
+        )
+
+    @classmethod
+    def build_validation_loss_mapper(cls, cfg: CfgNode) -> MaskExtDatasetMapper:
+        """Training-mode mapping (annotations kept, unreadable images skipped) with the test-time resize and
+        no random augmentation, so the validation images are the same each time."""
+        return MaskExtDatasetMapper(cfg, is_train=True, augmentations=build_augmentation(cfg, is_train=False))
+
+    def train(self) -> Any:
+        """``DefaultTrainer.train``; a run ended by early stopping returns its last evaluation's results."""
+        try:
+            return super().train()
+        except TrainingStopped as stop:
+            logger.info("%s", stop)
+            return getattr(self, "_last_eval_results", None)
 
     def run_step(self) -> None:
         try:

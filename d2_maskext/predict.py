@@ -1,8 +1,10 @@
-"""Run a trained model on images (files, folders, globs) or a video; write overlays and COCO results.
+"""Run a trained model on images (files, folders, globs) or a video; write overlays and the predictions.
 
-Outputs in ``output_dir``: ``overlays/`` (one PNG per image, or ``<video>.mp4``), ``predictions.json``
-(COCO results with RLE masks, dataset category ids) and ``images.json`` (a COCO file with the images and
-categories the results refer to, so ``COCO("images.json").loadRes("predictions.json")`` works).
+Outputs in ``output_dir``: ``overlays/`` (one PNG per image, or ``<video>.mp4``) and, per output format,
+``coco``: ``predictions.json`` (COCO results with RLE masks, dataset category ids) and ``images.json`` (a
+COCO file with the images and categories the results refer to, so
+``COCO("images.json").loadRes("predictions.json")`` works); ``labelme/``, ``cvat/annotations.xml`` and
+``geojson/``: the masks as polygons for annotation tools (``data.writers``, docs/predictions_out.md).
 
 Nothing here reads a dataset: class names come with the ``Metadata`` the caller passes, so predicting on a
 folder never needs the training data on disk.
@@ -14,7 +16,7 @@ import glob
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -26,12 +28,22 @@ from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
+from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 from pycocotools.coco import COCO
 from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import SafeCheckpointer
+from .data.writers import (
+    DEFAULT_POLYGON_TOLERANCE,
+    POLYGON_FORMATS,
+    ImagePolygons,
+    PolygonStats,
+    PolygonWriter,
+    build_writer,
+    polygonize_instances,
+)
 from .evaluation.coco_metrics import load_coco_json
 from .utils.image_io import (
     IMAGE_EXTENSIONS,
@@ -47,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
 GLOB_CHARACTERS = frozenset("*?[")
+OUTPUT_FORMATS = ("coco", *POLYGON_FORMATS)
 
 
 class BatchPredictor:
@@ -112,12 +125,17 @@ class ImageInput:
 
 @dataclass(frozen=True)
 class PredictSummary:
+    """What was predicted and written. ``outputs``: format -> the file or folder it wrote (COCO: the
+    results file). ``polygons``: what the polygon formats left out (empty masks, parts under min_area)."""
+
     num_images: int
     num_skipped: int
     num_instances: int
-    predictions_json: Path
-    images_json: Path
+    predictions_json: Path | None
+    images_json: Path | None
     overlays: Path
+    outputs: dict[str, Path]
+    polygons: PolygonStats
 
 
 def _read_images(inputs: Sequence[ImageInput], skipped: list[str], predictor: BatchPredictor) -> Iterator[Frame]:
@@ -256,17 +274,31 @@ def predict(
     output_dir: str | Path,
     batch_size: int = 4,
     gt_json: str | Path | None = None,
+    output_formats: Sequence[str] = ("coco",),
+    polygon_tolerance: float = DEFAULT_POLYGON_TOLERANCE,
+    min_area: float = 0.0,
 ) -> PredictSummary:
     """Predict every image of ``sources`` (image files, folders, glob patterns; or one video file).
 
     ``metadata`` names the model's classes (``thing_classes``) and may map them to dataset category ids
     (``thing_dataset_id_to_contiguous_id``). With ``gt_json`` (a COCO file), image and category ids follow
     it, so the results can be evaluated with ``tools/eval_report.py --predictions ... --gt ...``.
+
+    ``output_formats``: any of ``OUTPUT_FORMATS``. The polygon formats (images only) simplify each ring
+    by ``polygon_tolerance`` pixels (Douglas-Peucker) and drop parts and holes under ``min_area`` pixels;
+    an instance left without a polygon is not written to them and is counted in ``summary.polygons``.
     """
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
     output_dir = Path(output_dir)
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    formats = list(dict.fromkeys(output_formats))
+    unknown = [f for f in formats if f not in OUTPUT_FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"output formats must be some of {list(OUTPUT_FORMATS)}, got {list(output_formats)}")
+    if polygon_tolerance < 0 or min_area < 0:
+        raise ValueError(f"polygon tolerance and min area must be >= 0, got {polygon_tolerance} and {min_area}")
+    polygon_formats = [f for f in formats if f in POLYGON_FORMATS]
     video = Path(sources[0]) if len(sources) == 1 and is_video(sources[0]) else None
     if video is not None and not video.is_file():
         raise FileNotFoundError(f"{video}: no such image, folder or video")
@@ -274,6 +306,8 @@ def predict(
         raise ValueError(f"{video}: videos are 8-bit; predict them with a BGR or RGB model, not INPUT.FORMAT 'RAW'")
     if video is None and any(is_video(s) for s in sources):
         raise ValueError(f"a video is predicted on its own, not with other inputs: {[str(s) for s in sources]}")
+    if video is not None and polygon_formats:
+        raise ValueError(f"{video}: output formats {polygon_formats} are written for images; a video gets 'coco' only")
     inputs = resolve_images(sources) if video is None else []
     gt = load_coco_json(gt_json) if gt_json is not None else None
     categories = _CategoryIds(metadata, gt.dataset["categories"] if gt is not None else None)
@@ -282,21 +316,29 @@ def predict(
     )
     overlays = output_dir / "overlays"
     overlays.mkdir(parents=True, exist_ok=True)
+    writers = [build_writer(name, output_dir, categories.names) for name in polygon_formats]
+    paths = {item.name: item.path for item in inputs}
+    polygon_stats = PolygonStats()
     skipped: list[str] = []
     frames = _read_video(video) if video is not None else _read_images(inputs, skipped, predictor)
     total, fps = _video_info(video) if video is not None else (len(inputs), 0.0)
     title = video.name if video is not None else f"{len(inputs)} images"
     video_writer = None
-    images, results = [], []
+    images, results, num_instances = [], [], 0
     with tqdm(total=total, desc=f"predicting {title}", unit="img") as progress:
         for batch in _batches(frames, batch_size):
             for frame, output in zip(batch, predictor.predict_batch([f.image_bgr for f in batch])):
                 instances = output["instances"].to("cpu")
+                num_instances += len(instances)
                 image_id = image_ids[frame.name] if image_ids is not None else len(images)
                 height, width = frame.image_bgr.shape[:2]
                 images.append({"id": image_id, "file_name": frame.name, "height": height, "width": width})
-                for r in instances_to_coco_json(instances, image_id):
-                    results.append({**r, "category_id": categories.ids[r["category_id"]]})
+                if "coco" in formats:
+                    for r in instances_to_coco_json(instances, image_id):
+                        results.append({**r, "category_id": categories.ids[r["category_id"]]})
+                if writers:
+                    image = ImagePolygons(frame.name, paths[frame.name], height, width, [])
+                    _write_polygons(writers, image, instances, categories, polygon_tolerance, min_area, polygon_stats)
                 raw = predictor.input_format == RAW_FORMAT
                 shown = to_display_rgb(frame.image_bgr) if raw else frame.image_bgr[:, :, ::-1]
                 vis = Visualizer(shown, categories.metadata)
@@ -315,12 +357,45 @@ def predict(
         video_writer.release()
     if skipped:
         logger.warning("skipped %d of %d images that could not be read: %s", len(skipped), total, skipped[:5])
-    predictions_json, images_json = output_dir / "predictions.json", output_dir / "images.json"
-    predictions_json.write_text(json.dumps(results))
-    coco_categories = [{"id": i, "name": n} for i, n in zip(categories.ids, categories.names)]
-    images_json.write_text(json.dumps({"images": images, "annotations": [], "categories": coco_categories}))
-    logger.info("%d images, %d instances -> %s", len(images), len(results), output_dir)
-    return PredictSummary(len(images), len(skipped), len(results), predictions_json, images_json, overlays)
+    outputs = {writer.name: writer.close() for writer in writers}
+    predictions_json = images_json = None
+    if "coco" in formats:
+        predictions_json, images_json = output_dir / "predictions.json", output_dir / "images.json"
+        predictions_json.write_text(json.dumps(results))
+        coco_categories = [{"id": i, "name": n} for i, n in zip(categories.ids, categories.names)]
+        images_json.write_text(json.dumps({"images": images, "annotations": [], "categories": coco_categories}))
+        outputs = {"coco": predictions_json, **outputs}
+    if polygon_stats.skipped_instances:
+        logger.warning(
+            "%d instances have no polygon (empty mask, or every part under %g pixels) and are not in %s",
+            polygon_stats.skipped_instances, min_area, polygon_formats,
+        )  # fmt: skip
+    logger.info("%d images, %d instances -> %s", len(images), num_instances, output_dir)
+    return PredictSummary(
+        len(images), len(skipped), num_instances, predictions_json, images_json, overlays, outputs, polygon_stats
+    )
+
+
+def _write_polygons(
+    writers: list[PolygonWriter],
+    image: ImagePolygons,
+    instances: Instances,
+    categories: _CategoryIds,
+    tolerance: float,
+    min_area: float,
+    stats: PolygonStats,
+) -> None:
+    """``instances`` as polygons, written by every polygon writer for ``image``."""
+    if len(instances) and not instances.has("pred_masks"):
+        raise ValueError(f"output formats {[w.name for w in writers]} need masks; this model predicts boxes only")
+    masks = instances.pred_masks.numpy() if len(instances) else np.zeros((0, image.height, image.width), bool)
+    polygons = polygonize_instances(
+        masks, instances.pred_classes.tolist(), instances.scores.tolist(), categories.names, categories.ids,
+        tolerance, min_area, stats,
+    )  # fmt: skip
+    image = replace(image, instances=polygons)
+    for writer in writers:
+        writer.write(image)
 
 
 def _video_writer(path: Path, fps: float, width: int, height: int) -> cv2.VideoWriter:

@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""Run a trained model on images or a video; write overlays and COCO results. Takes Detectron2's
-``demo/demo.py`` flags, YAML and LazyConfig files, and never loads the config's training datasets.
+"""Run a trained model on images or a video; write overlays and the predictions as COCO results or as
+polygons that LabelMe, CVAT and QGIS open. Takes Detectron2's ``demo/demo.py`` flags, YAML and LazyConfig
+files, and never loads the config's training datasets.
 
     python tools/predict.py --config-file configs/synthetic/mask_rcnn_R18_FPN_GN_demo.yaml \\
         --input path/to/images "more/*.jpg" --output output/predict --opts MODEL.WEIGHTS output/demo/model_final.pth
     python tools/predict.py --config-file configs/lazy/synthetic/mask_rcnn_R18_FPN_GN_demo.py \\
         --video-input clip.mp4 --confidence-threshold 0.3 --opts train.init_checkpoint=model_final.pth
+    python tools/predict.py --config-file ... --input images/ --output-format labelme cvat geojson
 
-Writes ``overlays/`` (PNG per image, or an mp4 for a video), ``predictions.json`` (COCO results, RLE
-masks) and ``images.json`` (the images and categories those results refer to) into ``--output``.
+Writes ``overlays/`` (PNG per image, or an mp4 for a video) into ``--output`` and, per --output-format:
+coco (default): ``predictions.json`` (COCO results, RLE masks) and ``images.json`` (the images and
+categories those results refer to); labelme: ``labelme/<image>.json``; cvat: ``cvat/annotations.xml``
+(CVAT for images 1.1); geojson: ``geojson/<image>.geojson`` (map coordinates for GeoTIFFs).
+See docs/predictions_out.md.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from argparse import Namespace
 from detectron2.utils.logger import setup_logger
 
 from d2_maskext.cli.config_loading import is_lazy_config, load_config
-from d2_maskext.predict import BatchPredictor, predict
+from d2_maskext.data.writers import DEFAULT_POLYGON_TOLERANCE
+from d2_maskext.predict import OUTPUT_FORMATS, BatchPredictor, predict
 
 SCORE_THRESHOLD_KEYS = {False: "MODEL.ROI_HEADS.SCORE_THRESH_TEST", True: "model.roi_heads.box_predictor.test_score_thresh"}
 DEVICE_KEYS = {False: "MODEL.DEVICE", True: "train.device"}
@@ -46,6 +52,27 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     parser.add_argument("--gt-json", default=None, help="COCO file whose image and category ids the results use")
     parser.add_argument(
+        "--output-format",
+        nargs="+",
+        choices=OUTPUT_FORMATS,
+        default=["coco"],
+        help="one or more output formats (default: coco)",
+    )
+    parser.add_argument(
+        "--polygon-tolerance",
+        type=float,
+        default=DEFAULT_POLYGON_TOLERANCE,
+        metavar="PIXELS",
+        help=f"Douglas-Peucker simplification of the polygon formats (default {DEFAULT_POLYGON_TOLERANCE}; 0: exact)",
+    )
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        metavar="PIXELS",
+        help="polygon formats: drop parts and holes smaller than this (default 0: keep all)",
+    )
+    parser.add_argument(
         "--opts",
         nargs=argparse.REMAINDER,
         default=[],
@@ -71,10 +98,20 @@ def main(argv: list[str] | None = None) -> None:
         args.output,
         batch_size=args.batch_size,
         gt_json=args.gt_json,
+        output_formats=args.output_format,
+        polygon_tolerance=args.polygon_tolerance,
+        min_area=args.min_area,
     )
     print(f"{summary.num_images} images ({summary.num_skipped} skipped), {summary.num_instances} instances")
+    polygons = summary.polygons
+    if set(summary.outputs) - {"coco"}:
+        print(
+            f"polygons: {polygons.skipped_instances} instances without a polygon skipped (empty or under --min-area), "
+            f"{polygons.dropped_parts} parts and {polygons.dropped_holes} holes under --min-area dropped"
+        )
     print(f"overlays:    {summary.overlays}")
-    print(f"predictions: {summary.predictions_json}")
+    for name, path in summary.outputs.items():
+        print(f"{name + ':':<12} {path}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 Shapes sharing a label and a non-null ``group_id`` form one instance (as in LabelMe's ``labelme2coco``).
 Rectangles become 4-corner polygons; circles (centre and a point on the rim) become polygons with LabelMe's
 own vertex count, so a dataset of these shapes works with ``INPUT.MASK_FORMAT "polygon"`` as well as
-"bitmask". A ``mask`` shape (a base64 PNG of its box, LabelMe's AI-assisted masks) makes its instance an
-exact RLE mask (``INPUT.MASK_FORMAT "bitmask"``). ``point``, ``line`` and ``linestrip`` shapes have no area
-and are reported and skipped.
+"bitmask". A polygon whose shape flag ``hole`` is true (how ``tools/predict.py --output-format labelme``
+writes holes, which LabelMe lacks) is cut out of its group's other shapes, and like a ``mask`` shape (a
+base64 PNG of its box, LabelMe's AI-assisted masks) it makes its instance an exact RLE mask
+(``INPUT.MASK_FORMAT "bitmask"``). ``point``, ``line`` and ``linestrip`` shapes have no area and are
+reported and skipped.
 
 LabelMe's own conventions: a ``labels.txt`` as ``thing_classes`` may start with ``__ignore__`` and
 ``_background_``, which are not classes; shapes labelled ``__ignore__`` become ignore regions (crowd: not
@@ -20,10 +22,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from detectron2.structures import polygons_to_bitmask
 from tqdm import tqdm
 
 from ...utils.image_io import ImageReadError, decode_label_png
+from ...utils.polygons import HOLE_FLAG, rings_to_mask
 from .base import (
     DatasetSource,
     LoadedDataset,
@@ -103,22 +105,29 @@ def _read_file(path: Path, source: DatasetSource, categories: NamedCategories, p
 def _instance_annotation(
     group: list[tuple[int, dict]], label: str, height: int, width: int, problems: ProblemLog, path: Path
 ) -> dict | None:
-    """One instance from its shapes: polygons, or an RLE mask when a ``mask`` shape is among them."""
-    polygons, masks = [], []
+    """One instance from its shapes: polygons, or an RLE mask when a ``mask`` or hole shape is among them."""
+    polygons, masks, holes = [], [], []
     for k, shape in group:
         where = f"shapes[{k}] ({label!r})"
         if shape.get("shape_type") == "mask":
             mask = _shape_mask(shape, height, width, problems, path, where)
             masks.extend([] if mask is None else [mask])
+        elif _is_hole(shape):
+            holes.extend(_shape_polygons(shape, height, width, problems, path, where) or [])
         else:
             polygons.extend(_shape_polygons(shape, height, width, problems, path, where) or [])
     where = f"shapes[{group[0][0]}] ({label!r})"
-    if masks:
-        union = np.logical_or.reduce(masks)
-        if polygons:
-            union |= polygons_to_bitmask([np.asarray(p) for p in polygons], height, width)
-        return mask_annotation(union, -1, problems, path, where)
+    if masks or holes:
+        mask = rings_to_mask(polygons, holes, height, width)
+        if masks:
+            mask |= np.logical_or.reduce(masks)
+        return mask_annotation(mask, -1, problems, path, where)
     return polygon_annotation(polygons, -1, height, width, problems, path, where) if polygons else None
+
+
+def _is_hole(shape: dict) -> bool:
+    flags = shape.get("flags")
+    return isinstance(flags, dict) and flags.get(HOLE_FLAG) is True
 
 
 def _instances(shapes: list, path: Path, problems: ProblemLog) -> dict[tuple, list[tuple[int, dict]]]:
@@ -136,6 +145,9 @@ def _instances(shapes: list, path: Path, problems: ProblemLog) -> dict[tuple, li
             problems.add("unsupported_shape", path, f"shapes[{k}]", f"label {BACKGROUND_LABEL!r} is LabelMe's background")
             continue
         group_id = shape.get("group_id")
+        if _is_hole(shape) and group_id is None:
+            problems.add("malformed", path, f"shapes[{k}]", "a hole shape needs the group_id of the instance it is cut from")
+            continue
         key = (shape["label"], group_id) if group_id is not None else (shape["label"], None, k)
         instances.setdefault(key, []).append((k, shape))
     return instances

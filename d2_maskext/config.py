@@ -170,8 +170,7 @@ def _add_tiling_config(cfg: CN) -> None:
 
 
 def _add_training_loop_config(cfg: CN) -> None:
-    """The loop around training (docs/training.md): validation loss, best checkpoint, early stopping and
-    evaluation images in TensorBoard."""
+    """Validation loss, best checkpoint, early stopping and evaluation images (docs/training.md)."""
     # Every N iterations the training losses on a fixed subset of DATASETS.TEST (no gradients), logged as
     # validation/<loss> and validation/total_loss; 0 = off.
     cfg.TEST.VAL_LOSS_PERIOD = 0
@@ -188,7 +187,7 @@ def _add_training_loop_config(cfg: CN) -> None:
     # Stop after this many evaluations in a row without an improvement of the best-checkpoint metric by
     # more than MIN_DELTA; the final evaluation then runs on model_best.pth. 0 = off.
     cfg.SOLVER.EARLY_STOPPING.PATIENCE = 0
-    cfg.SOLVER.EARLY_STOPPING.MIN_DELTA = 0.0
+    cfg.SOLVER.EARLY_STOPPING.MIN_DELTA = 0.0  # an improvement must exceed this to reset the patience
 
 
 def lazy_dataset_names(cfg: DictConfig, split: str) -> list[str]:

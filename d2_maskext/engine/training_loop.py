@@ -22,7 +22,6 @@ from torch import nn
 from ..config import lazy_dataset_names
 from ..evaluation.coco_metrics import AP_METRICS
 from .best_checkpoint import BestCheckpointer
-from .eval_images import EvalImages
 from .validation_loss import ValidationLoss, evenly_spaced, validation_records
 
 Mapper = Callable[[dict], "dict | None"]
@@ -238,6 +237,8 @@ def around_eval_hook(
         records = validation_records(settings.test_datasets, settings.val_loss_images)
         before.append(ValidationLoss(settings.val_loss_period, model, records, loss_mapper()))
     if settings.vis_images and settings.test_datasets and comm.is_main_process():
+        from .eval_images import EvalImages  # loads matplotlib: only for runs that draw
+
         name = settings.test_datasets[0]
         after.append(
             EvalImages(

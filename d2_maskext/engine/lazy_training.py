@@ -4,7 +4,9 @@ Detectron2's ``tools/lazyconfig_train_net.py`` builds everything with ``instanti
 ``SimpleTrainer`` with a handful of hooks. This module does the same, with what the plugin adds to
 training: checkpoints saved atomically and loaded weights-only (``SafeCheckpointer``), bfloat16 autocast on
 CPU for ``train.amp.enabled`` (``CPUAutocastTrainer``), optional gradient clipping, the optimizer-step
-counter, class-count checks against the datasets, the plugin's COCO evaluator and the HTML report.
+counter, class-count checks against the datasets, the plugin's COCO evaluator and the HTML report, and the
+loop around training of :mod:`.training_loop` (validation loss, best checkpoint, early stopping, evaluation
+images).
 
 Keys a plugin lazy config adds to Detectron2's ``common/train.py``::
 
@@ -12,11 +14,11 @@ Keys a plugin lazy config adds to Detectron2's ``common/train.py``::
     train.clip_gradients = dict(enabled=False, clip_type="norm", clip_value=1.0, norm_type=2.0)
     train.report = dict(enabled=True, score_threshold=0.5, iou_threshold=0.5, num_worst_images=8)
     # The loop around training (docs/training.md), as TEST.VAL_LOSS_*, SOLVER.BEST_CHECKPOINT.*,
-    # SOLVER.EARLY_STOPPING.* and TEST.VIS_*; absent keys are off:
+    # SOLVER.EARLY_STOPPING.* and TEST.VIS_*, with the same defaults when absent:
     train.val_loss = dict(period=0, images=50)
     train.best_checkpoint = dict(metric="", mode="max")
     train.early_stopping = dict(patience=0, min_delta=0.0)
-    train.vis_images = dict(count=0, score_threshold=0.5)
+    train.vis_images = dict(count=4, score_threshold=0.5)
 """
 
 from __future__ import annotations

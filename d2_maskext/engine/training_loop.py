@@ -193,7 +193,7 @@ def _lazy_tasks(cfg: DictConfig) -> tuple[str, ...]:
 
 def lazy_loop_settings(cfg: DictConfig) -> LoopSettings:
     """The settings of a lazy config's ``train.val_loss``, ``train.best_checkpoint``,
-    ``train.early_stopping`` and ``train.vis_images`` (absent: off), checked."""
+    ``train.early_stopping`` and ``train.vis_images`` (absent: the YAML keys' defaults), checked."""
 
     def select(key: str, default: object) -> object:
         value = OmegaConf.select(cfg, key, default=default)
@@ -208,7 +208,7 @@ def lazy_loop_settings(cfg: DictConfig) -> LoopSettings:
         patience=int(select("train.early_stopping.patience", 0)),
         min_delta=float(select("train.early_stopping.min_delta", 0.0)),
         eval_period=int(select("train.eval_period", 0)),
-        vis_images=int(select("train.vis_images.count", 0)),
+        vis_images=int(select("train.vis_images.count", 4)),
         vis_score_threshold=float(select("train.vis_images.score_threshold", 0.5)),
         test_datasets=tuple(lazy_dataset_names(cfg, "test")),
         eval_tasks=_lazy_tasks(cfg),

@@ -82,6 +82,10 @@ def test_parts_and_holes_follow_the_mask_topology():
     assert mask_to_polygons(np.zeros((HEIGHT, WIDTH), bool)).parts == []
 
 
+def test_rings_of_fewer_than_three_points_fill_nothing():
+    assert not rings_to_mask([[1, 1, 9, 9], [[2, 2]]], [], HEIGHT, WIDTH).any()
+
+
 def test_min_area_drops_small_parts_and_holes_and_counts_them():
     mask = HARD_SHAPES["two_parts"].copy()
     mask[40, 2] = True  # a one-pixel part

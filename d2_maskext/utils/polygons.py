@@ -138,8 +138,12 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0, min_area: float =
 
 def rasterize_ring(ring: np.ndarray | Sequence[float], height: int, width: int) -> np.ndarray:
     """``height x width`` uint8 mask of the pixels whose centre lies in ``ring`` (``(N, 2)`` points or a flat
-    ``[x0, y0, x1, y1, ...]`` list), as pycocotools fills it."""
-    rle = mask_util.frPyObjects([np.asarray(ring, np.float64).ravel().tolist()], height, width)
+    ``[x0, y0, x1, y1, ...]`` list), as pycocotools fills it; none for fewer than 3 points (which
+    pycocotools would take for a box)."""
+    flat = np.asarray(ring, np.float64).ravel()
+    if flat.size < 6:
+        return np.zeros((height, width), np.uint8)
+    rle = mask_util.frPyObjects([flat.tolist()], height, width)
     return mask_util.decode(mask_util.merge(rle))
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from d2_maskext.engine import Trainer
-from d2_maskext.engine.best_checkpoint import BEST_METRIC_FILE
+from d2_maskext.engine.best_checkpoint import BEST_METRIC_FILE, BestCheckpointer
 from d2_maskext.engine.lazy_training import lazy_train
 from d2_maskext.engine.training_loop import lazy_loop_settings, yaml_loop_settings
 from d2_maskext.engine.validation_loss import validation_losses, validation_records
@@ -156,6 +157,24 @@ def test_validation_losses_are_deterministic_and_leave_the_model_and_rng_alone(t
     assert torch.equal(torch.get_rng_state(), rng) and model.training
     assert validation_losses(model, records, mapper) == first
     assert len(records) == 3 and first["total_loss"] > 0
+
+
+def _resumed_hook(out: Path, metric: str = "segm/AP") -> BestCheckpointer:
+    hook = BestCheckpointer(2, SimpleNamespace(save_dir=str(out)), metric, "max")
+    hook.trainer = SimpleNamespace(start_iter=6)
+    hook.before_train()
+    return hook
+
+
+def test_best_metric_file_read_back_checked_and_named_when_broken(tmp_path):
+    path = tmp_path / BEST_METRIC_FILE
+    path.write_text(json.dumps({"metric": "segm/AP", "mode": "max", "value": 12.5, "iteration": 3}))
+    hook = _resumed_hook(tmp_path)
+    assert (hook.best_metric, hook.best_iter) == (12.5, 3)
+    assert _resumed_hook(tmp_path, "bbox/AP").best_metric is None  # another metric's best: a new one starts
+    path.write_text('{"metric": "segm/AP", "mode": "max", "value": ')
+    with pytest.raises(ValueError, match=f"{path} is not a best-metric file"):
+        _resumed_hook(tmp_path)
 
 
 @pytest.mark.parametrize(

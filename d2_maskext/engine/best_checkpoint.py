@@ -75,8 +75,15 @@ class BestCheckpointer(hooks.BestCheckpointer):
     def _read_best(self) -> None:
         if not os.path.exists(self._path):
             return
-        with open(self._path) as f:
-            saved = json.load(f)
+        try:
+            with open(self._path) as f:
+                saved = json.load(f)
+            value, iteration = float(saved["value"]), int(saved["iteration"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"{self._path} is not a best-metric file ({type(e).__name__}: {e}); it should hold metric, mode, "
+                "value and iteration. Delete it (and model_best.pth) to start a new best."
+            ) from e
         if (saved.get("metric"), saved.get("mode")) != (self._val_metric, self._mode):
             logger.warning(
                 "%s is for %s (%s), not %s (%s): starting a new best",
@@ -87,7 +94,7 @@ class BestCheckpointer(hooks.BestCheckpointer):
                 self._mode,
             )
             return
-        self.best_metric, self.best_iter = float(saved["value"]), int(saved["iteration"])
+        self.best_metric, self.best_iter = value, iteration
         logger.info(
             "Best %s so far: %.5f at iteration %d (%s)",
             self._val_metric,

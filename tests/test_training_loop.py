@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from helpers.lazy_tiny import TINY_LAZY_CONFIG, load_tiny_lazy
@@ -152,9 +153,10 @@ def test_validation_losses_are_deterministic_and_leave_the_model_and_rng_alone(t
     model.train()
     records = validation_records([TEST_SET], 3)
     mapper = Trainer.build_validation_loss_mapper(cfg)
-    rng = torch.get_rng_state()
+    rng, numpy_rng = torch.get_rng_state(), np.random.get_state()
     first = validation_losses(model, records, mapper)
     assert torch.equal(torch.get_rng_state(), rng) and model.training
+    assert np.random.get_state()[2] == numpy_rng[2] and np.array_equal(np.random.get_state()[1], numpy_rng[1])
     assert validation_losses(model, records, mapper) == first
     assert len(records) == 3 and first["total_loss"] > 0
 

@@ -3,13 +3,14 @@
 Detectron2 only evaluates AP, which says nothing about over-fitting until it drops. The losses here are the
 training loss terms (the model runs in training mode, so the same terms come out) on the same images each
 time, so their curve is comparable with the training loss. Two sources of change are held fixed: the
-proposal sampling of the ROI heads draws from a seeded generator per image (the global random state is left
-as it was), and batch-norm layers use their running statistics instead of updating them.
+proposal sampling of the ROI heads draws from a seeded generator per image (the global random states are
+left as they were), and batch-norm layers use their running statistics instead of updating them.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -72,6 +73,7 @@ def validation_losses(
     for m in network.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()  # running statistics stay untouched
+    host_rng = random.getstate(), np.random.get_state()  # the mapper's resize may draw from them
     try:
         shard = range(comm.get_rank(), len(records), comm.get_world_size())
         with EventStorage():  # what the model records in training mode stays out of the training's storage
@@ -80,6 +82,8 @@ def validation_losses(
     finally:
         for m, training in modes.items():
             m.training = training
+        random.setstate(host_rng[0])
+        np.random.set_state(host_rng[1])
     used = sum(n for _, n, _ in gathered)
     skipped = [f for _, _, files in gathered for f in files]
     if skipped:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import glob
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
@@ -39,12 +40,13 @@ from .data.writers import (
     DEFAULT_POLYGON_TOLERANCE,
     POLYGON_FORMATS,
     ImagePolygons,
+    InstancePolygons,
     PolygonStats,
-    PolygonWriter,
     build_writer,
     polygonize_instances,
 )
 from .evaluation.coco_metrics import load_coco_json
+from .modeling.tiling import RLE_FIELD
 from .utils.image_io import (
     IMAGE_EXTENSIONS,
     RAW_FORMAT,
@@ -337,8 +339,9 @@ def predict(
                     for r in instances_to_coco_json(instances, image_id):
                         results.append({**r, "category_id": categories.ids[r["category_id"]]})
                 if writers:
-                    image = ImagePolygons(frame.name, paths[frame.name], height, width, [])
-                    _write_polygons(writers, image, instances, categories, polygon_tolerance, min_area, polygon_stats)
+                    polygons = _polygons(instances, categories, polygon_tolerance, min_area, polygon_stats, polygon_formats)
+                    for writer in writers:
+                        writer.write(ImagePolygons(frame.name, paths[frame.name], height, width, polygons))
                 raw = predictor.input_format == RAW_FORMAT
                 shown = to_display_rgb(frame.image_bgr) if raw else frame.image_bgr[:, :, ::-1]
                 vis = Visualizer(shown, categories.metadata)
@@ -376,26 +379,28 @@ def predict(
     )
 
 
-def _write_polygons(
-    writers: list[PolygonWriter],
-    image: ImagePolygons,
+def _polygons(
     instances: Instances,
     categories: _CategoryIds,
     tolerance: float,
     min_area: float,
     stats: PolygonStats,
-) -> None:
-    """``instances`` as polygons, written by every polygon writer for ``image``."""
-    if len(instances) and not instances.has("pred_masks"):
-        raise ValueError(f"output formats {[w.name for w in writers]} need masks; this model predicts boxes only")
-    masks = instances.pred_masks.numpy() if len(instances) else np.zeros((0, image.height, image.width), bool)
-    polygons = polygonize_instances(
-        masks, instances.pred_classes.tolist(), instances.scores.tolist(), categories.names, categories.ids,
-        tolerance, min_area, stats,
+    formats: list[str],
+) -> list[InstancePolygons]:
+    """The predicted masks as polygons, for the polygon ``formats``; tiled inference's RLE masks
+    (``TILING.RLE_OUTPUT``) are decoded one at a time."""
+    if len(instances) == 0:
+        return []
+    if instances.has("pred_masks"):
+        masks: Iterable[np.ndarray] = instances.pred_masks.numpy()
+    elif instances.has(RLE_FIELD):
+        masks = (mask_util.decode(rle) for rle in instances.get(RLE_FIELD))
+    else:
+        raise ValueError(f"output formats {formats} need masks; this model predicts boxes only")
+    return polygonize_instances(
+        masks, instances.pred_classes.tolist(), instances.scores.tolist(),
+        categories.names, categories.ids, tolerance, min_area, stats,
     )  # fmt: skip
-    image = replace(image, instances=polygons)
-    for writer in writers:
-        writer.write(image)
 
 
 def _video_writer(path: Path, fps: float, width: int, height: int) -> cv2.VideoWriter:

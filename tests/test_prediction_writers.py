@@ -20,8 +20,10 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import tifffile
+import torch
 from detectron2.data import DatasetCatalog
 from detectron2.data.catalog import Metadata
+from detectron2.structures import Boxes, Instances
 from helpers.train_net_runner import TINY_CONFIG, load_script
 from pycocotools.coco import COCO
 
@@ -34,8 +36,10 @@ from d2_maskext.data.writers import (
     polygonize_instances,
     read_geotransform,
 )
+from d2_maskext.modeling.tiling import RLEMasks
 from d2_maskext.predict import predict
 from d2_maskext.utils.polygons import mask_to_polygons, polygons_to_mask, rings_to_mask
+from d2_maskext.utils.rle import mask_to_rle
 
 HEIGHT, WIDTH = 48, 64
 CLASSES = ["blob", "line"]
@@ -354,3 +358,38 @@ def test_unknown_output_format_and_polygons_of_a_video_are_refused(tmp_path, cap
     writer.release()
     with pytest.raises(ValueError, match=r"clip.avi: output formats \['labelme'\] are written for images"):
         predict(predictor, Metadata(thing_classes=["a"]), [video], tmp_path / "out", output_formats=["coco", "labelme"])
+
+
+class _FixedPredictor:
+    """Stands in for BatchPredictor: the same instances for every image."""
+
+    input_format = "BGR"
+
+    def __init__(self, instances: Instances) -> None:
+        self.instances = instances
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[dict]:
+        return [{"instances": self.instances} for _ in images]
+
+
+def _fixed_instances(**fields) -> Instances:
+    instances = Instances((HEIGHT, WIDTH))
+    instances.pred_boxes = Boxes(torch.tensor([[16.0, 10.0, 45.0, 39.0]]))
+    instances.scores = torch.tensor([0.75])
+    instances.pred_classes = torch.tensor([0])
+    for name, value in fields.items():
+        instances.set(name, value)
+    return instances
+
+
+def test_tiled_rle_masks_become_polygons_and_box_only_models_are_refused(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((HEIGHT, WIDTH, 3), np.uint8))
+    metadata = Metadata(thing_classes=CLASSES)
+    rle_masks = RLEMasks([mask_to_rle(HARD_SHAPES["ring"])])
+    summary = predict(_FixedPredictor(_fixed_instances(pred_masks_rle=rle_masks)), metadata, [tmp_path / "a.png"],
+                      tmp_path / "out", output_formats=["labelme"], polygon_tolerance=0)  # fmt: skip
+    assert summary.predictions_json is None and set(summary.outputs) == {"labelme"}
+    records, _, _ = _load("tiled_rle", "labelme", tmp_path, tmp_path / "out" / "labelme")
+    assert np.array_equal(_annotation_mask(records[0]["annotations"][0], HEIGHT, WIDTH), HARD_SHAPES["ring"])
+    with pytest.raises(ValueError, match=r"output formats \['geojson'\] need masks; this model predicts boxes only"):
+        predict(_FixedPredictor(_fixed_instances()), metadata, [tmp_path / "a.png"], tmp_path / "o2", output_formats=["geojson"])

@@ -4,7 +4,7 @@ several parts or holes into single polygons for tools that have no holes (LabelM
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,7 @@ class PolygonStats:
 
 
 def polygonize_instances(
-    masks: np.ndarray,
+    masks: Iterable[np.ndarray],
     classes: Sequence[int],
     scores: Sequence[float],
     class_names: Sequence[str],
@@ -58,7 +58,7 @@ def polygonize_instances(
     min_area: float,
     stats: PolygonStats,
 ) -> list[InstancePolygons]:
-    """Model masks (``N x H x W``) as instances with polygons; empty ones, or ones with every part under
+    """Model masks (``H x W`` each) as instances with polygons; empty ones, or ones with every part under
     ``min_area``, are left out and counted in ``stats`` (never written as degenerate polygons)."""
     instances = []
     for mask, cls, score in zip(masks, classes, scores):

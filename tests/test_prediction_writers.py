@@ -272,6 +272,48 @@ def test_cvat_reader_reads_boxes_masks_and_groups_and_reports_the_rest(tmp_path)
     assert len(grouped["segmentation"]) == 2
 
 
+CVAT_2_EXPORT = """<?xml version="1.0" encoding="utf-8"?>
+<annotations>
+  <version>1.1</version>
+  <meta>
+    <job>
+      <id>7</id><size>1</size><mode>annotation</mode><overlap>0</overlap>
+      <labels>
+        <label>
+          <name>roof</name><color>#fa3253</color><type>any</type>
+          <attributes>
+            <attribute><name>material</name><mutable>False</mutable><input_type>select</input_type>
+              <default_value>tile</default_value><values>tile\nmetal</values></attribute>
+          </attributes>
+        </label>
+        <label><name>pool</name><color>#33ddff</color><type>polygon</type><attributes/></label>
+      </labels>
+      <owner><username>someone</username><email>someone@example.com</email></owner>
+    </job>
+    <dumped>2026-11-30 10:00:00.000000+00:00</dumped>
+  </meta>
+  <image id="0" name="a.png" width="64" height="48">
+    <box label="roof" source="manual" occluded="0" xtl="20.0" ytl="10.0" xbr="40.0" ybr="20.0" rotation="90.0" z_order="0">
+      <attribute name="material">metal</attribute>
+    </box>
+    <polygon label="pool" source="manual" occluded="1" points="2.5,30.0;12.0,30.0;12.0,44.0;2.5,44.0" z_order="1">
+    </polygon>
+    <tag label="roof" source="manual"/>
+  </image>
+</annotations>
+"""
+
+
+def test_cvat_reader_reads_a_cvat_2_job_export(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((HEIGHT, WIDTH, 3), np.uint8))
+    (tmp_path / "annotations.xml").write_text(CVAT_2_EXPORT)
+    records, classes, problems = _load("cvat_2", "cvat", tmp_path, tmp_path / "annotations.xml")
+    assert classes == ["roof", "pool"] and dict(problems.counts) == {"unsupported_shape": 1}  # the tag
+    roof, pool = records[0]["annotations"]
+    assert roof["category_id"] == 0 and np.allclose(roof["bbox"], [25, 5, 35, 25])  # turned a quarter about (30, 15)
+    assert pool["category_id"] == 1 and pool["segmentation"] == [[2.5, 30.0, 12.0, 30.0, 12.0, 44.0, 2.5, 44.0]]
+
+
 @pytest.mark.parametrize(
     "image, kind",
     [

@@ -1,7 +1,7 @@
 """CVAT for images 1.1 XML (CVAT's ``annotations.xml`` export of a task or project).
 
 ``annotations`` is the XML file; each ``<image name=...>`` is found under the image root. Polygons, boxes
-and masks (CVAT's row-major RLE of a box) are instances; shapes of one image sharing a label and a
+(``rotation`` included) and masks (CVAT's row-major RLE of a box) are instances; shapes of one image sharing a label and a
 ``group_id`` form one instance, and a polygon whose ``hole`` attribute is true (how ``tools/predict.py
 --output-format cvat`` writes holes, which CVAT lacks) is cut out of its group. An instance with a mask or
 a hole is an exact RLE mask (``INPUT.MASK_FORMAT "bitmask"``), others stay polygons. Polylines, points,
@@ -36,6 +36,7 @@ from .problems import ProblemLog
 
 AREA_SHAPES = ("polygon", "box", "mask")
 OTHER_SHAPES = ("polyline", "points", "ellipse", "cuboid", "skeleton", "tag")
+BOX_KEYS = (("xtl", ""), ("ytl", ""), ("xbr", ""), ("ybr", ""), ("rotation", "0"))
 
 
 @dataset_format("cvat")
@@ -149,16 +150,28 @@ def _polygon(shape: ET.Element, problems: ProblemLog, path: Path, where: str) ->
     """A polygon's ``points`` (``x,y;x,y;...``) or a box's corners as a flat list of floats."""
     try:
         if shape.tag == "box":
-            x0, y0, x1, y1 = (float(shape.get(k, "")) for k in ("xtl", "ytl", "xbr", "ybr"))
-            return [x0, y0, x1, y0, x1, y1, x0, y1]
+            x0, y0, x1, y1, degrees = (float(shape.get(k, default)) for k, default in BOX_KEYS)
+            corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+            return _rotated(corners, degrees).ravel().tolist()
         pairs = [pair.split(",") for pair in shape.get("points", "").split(";") if pair.strip()]
         if not all(len(pair) == 2 for pair in pairs):
             raise ValueError("points are not x,y pairs")
         return [float(v) for pair in pairs for v in pair]
     except ValueError as e:
-        detail = "needs numbers xtl, ytl, xbr, ybr" if shape.tag == "box" else f"'points' must be 'x,y;x,y;...' ({e})"
+        detail = "needs numbers xtl, ytl, xbr, ybr (and rotation)" if shape.tag == "box" else f"'points' must be 'x,y;x,y;...' ({e})"
         problems.add("malformed", path, where, detail)
         return None
+
+
+def _rotated(corners: np.ndarray, degrees: float) -> np.ndarray:
+    """Box corners turned ``degrees`` clockwise on screen (image y points down) about the box centre, as
+    CVAT rotates boxes."""
+    if not degrees:
+        return corners
+    angle = np.deg2rad(degrees)
+    cos, sin = np.cos(angle), np.sin(angle)
+    centre = corners.mean(axis=0)
+    return (corners - centre) @ np.array([[cos, sin], [-sin, cos]]) + centre
 
 
 def _mask(shape: ET.Element, height: int, width: int, problems: ProblemLog, path: Path, where: str) -> np.ndarray | None:

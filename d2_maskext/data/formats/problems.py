@@ -43,7 +43,7 @@ PROBLEM_KINDS: dict[str, ProblemKind] = {
     "zero_area_box": ProblemKind(Severity.DROPPED, "box or mask with zero area (instance dropped)"),
     "missing_segmentation": ProblemKind(Severity.DROPPED, "instance without a mask in a dataset with masks (dropped)"),
     "unsupported_shape": ProblemKind(
-        Severity.DROPPED, "LabelMe shape without area (point, line, linestrip) or labelled _background_ (skipped)"
+        Severity.DROPPED, "shape without area (LabelMe point/line/linestrip, CVAT polyline/points/tag) or labelled _background_ (skipped)"
     ),
     "small_component": ProblemKind(Severity.DROPPED, "connected component under min_component_area (dropped)"),
     "missing_mask": ProblemKind(Severity.DROPPED, "image without its label map or class map (image skipped)"),

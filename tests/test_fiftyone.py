@@ -14,6 +14,7 @@ import io
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +24,7 @@ import pycocotools.mask as mask_util
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from helpers.mongod import fiftyone_environment, find_mongod, running_mongod
-from helpers.train_net_runner import load_script
+from helpers.train_net_runner import TINY_CONFIG, load_script
 from pycocotools.coco import COCO
 
 from d2_maskext.evaluation.coco_metrics import evaluate_coco_results
@@ -124,6 +125,11 @@ def perturbed_results(gt_json: Path) -> list[dict]:
     empty = np.zeros((gt.dataset["images"][0]["height"], gt.dataset["images"][0]["width"]), np.uint8)
     results.append(_result(gt.dataset["images"][0]["id"], cat_ids[0], empty, [0, 0, 1, 1], 0.3))
     return results
+
+
+def test_importing_the_module_leaves_fiftyone_unloaded():
+    """First in the module: no test here has connected yet, and the module above is already imported."""
+    assert "fiftyone" not in sys.modules
 
 
 def test_tight_instance_crops_the_mask_to_its_pixels():
@@ -241,6 +247,22 @@ def test_eval_report_tool_writes_the_dataset(fiftyone, val_case, tmp_path, capsy
     assert mask_map == pytest.approx(metrics["segm"]["AP"], abs=0.1)
     assert "fiftyone app launch d2mx_tool" in out
     assert fiftyone.load_dataset("d2mx_tool").has_evaluation(EVAL_KEY)
+
+
+@pytest.mark.slow
+@needs_fiftyone
+def test_eval_report_tool_in_model_mode_refers_to_the_dataset_images(fiftyone, tiny_random_weights, tmp_path):
+    out = tmp_path / "report"
+    load_script("tools/eval_report.py").main(
+        ["--config-file", str(TINY_CONFIG), "--output-dir", str(out), "--fiftyone", "d2mx_model",
+         "MODEL.WEIGHTS", str(tiny_random_weights), "DATASETS.TEST", f'("{VAL}",)']
+    )  # fmt: skip
+    dataset = fiftyone.load_dataset("d2mx_model")
+    files = {d["image_id"]: Path(d["file_name"]).resolve() for d in DatasetCatalog.get(VAL)}
+    assert {s["coco_id"]: Path(s.filepath) for s in dataset} == files
+    metrics = json.loads((out / "metrics.json").read_text())
+    map_ = dataset.load_evaluation_results(EVAL_KEY).mAP() * 100
+    assert map_ == pytest.approx(metrics["segm"]["AP"], abs=0.1)
 
 
 @needs_fiftyone

@@ -155,6 +155,8 @@ def test_top_results_keep_the_best_scores_per_image_and_class():
     assert [i for i, _ in by_image[1]] == [1, 2, 3] and [i for i, _ in by_image[2]] == [4]
     with pytest.raises(ValueError, match=r"r\.json: result 1 has image_id 7"):
         top_results([results[0], {"image_id": 7, "category_id": 1, "score": 1.0}], gt, 2, "r.json")
+    with pytest.raises(ValueError, match=r"r\.json: result 0 is not a COCO result with a numeric score"):
+        top_results([{"image_id": 1, "category_id": 1}], gt, 2, "r.json")
 
 
 @needs_fiftyone

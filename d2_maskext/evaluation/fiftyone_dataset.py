@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,8 @@ def top_results(
     does; entries keep their index in ``results``. Also returns how many were cut."""
     by_pair: dict[tuple[int, int], list[tuple[int, dict]]] = defaultdict(list)
     for index, result in enumerate(results):
+        if not isinstance(result, dict) or not isinstance(result.get("score"), (int, float)):
+            raise ValueError(f"{results_name}: result {index} is not a COCO result with a numeric score")
         for key, known in (("image_id", coco_gt.imgs), ("category_id", coco_gt.cats)):
             if result.get(key) not in known:
                 raise ValueError(
@@ -148,7 +150,7 @@ def image_files(
     }
 
 
-def _detections(fo: Any, instances: Iterator[tuple[TightInstance, dict[str, Any]]]) -> Any:
+def _detections(fo: Any, instances: Iterable[tuple[TightInstance, dict[str, Any]]]) -> Any:
     return fo.Detections(
         detections=[
             fo.Detection(bounding_box=inst.box, mask=inst.mask, **fields) for inst, fields in instances
@@ -189,7 +191,7 @@ def _samples(
             filepath=str(files[img_id].resolve()),
             metadata=fo.ImageMetadata(width=img["width"], height=img["height"]),
             coco_id=img_id,
-            **{GT_FIELD: _detections(fo, iter(gt)), PREDICTIONS_FIELD: _detections(fo, iter(predictions))},
+            **{GT_FIELD: _detections(fo, gt), PREDICTIONS_FIELD: _detections(fo, predictions)},
         )
 
 

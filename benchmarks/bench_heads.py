@@ -1,16 +1,22 @@
 #!/usr/bin/env python
-"""Train every head variant and the stock heads with one seed and schedule, then compare them.
+"""The head study: every head variant, the stock heads and PointRend, trained alike on a split, over seeds.
 
-For each config in ``configs/synthetic/variants`` plus the stock base config: train ``--iters``
-iterations on ``maskext_synth_train`` (from scratch, or from a stock checkpoint with ``--weights``),
-evaluate COCO box/mask/Boundary AP on ``maskext_synth_val`` and time inference image by image. Prints box AP, mask AP, mask AP75,
-Boundary AP, training s/iter (median),
-inference ms/image (median), parameter counts, and ratios to stock. Each variant's numbers are saved
-to ``<out>/<variant>/result.json``, so an interrupted run resumes where it stopped.
+Heads: the stock base config, each ``configs/synthetic/variants/*.yaml`` and the peers in
+``configs/synthetic/peers/`` (PointRend, from ``detectron2.projects.point_rend``). Splits: ``demo`` (the demo's
+256 px scenes) or ``boundary`` (``configs/synthetic/boundary/``: 150-500 px gears, wheels, letters, twigs and
+spirals in 640 px images; the split's data, input sizes and anchors are laid over each head's config).
 
-    python benchmarks/bench_heads.py --iters 300 --out output/bench_heads
-    python benchmarks/bench_heads.py --iters 150 --weights output/demo/model_final.pth --out output/bench_heads_ft
-    python benchmarks/bench_heads.py --out output/bench_heads --table-only
+Each (split, head, seed) trains ``--iters`` iterations (from scratch, or from a stock checkpoint with
+``--weights``), is evaluated at 80% of the schedule and at its end (so the table shows whether it converged:
+the change of mask AP between the two, and of the total loss over the last 10% of iterations), and is timed
+image by image. Results go to ``<out>/<split>/<head>/seed<N>/result.json``; an interrupted run resumes.
+
+The table gives the mean over seeds and, after ±, half the range between seeds: box AP, mask AP, AP75, APl,
+Boundary AP, train s/iter, inference ms/image, parameters, and ratios to stock from the same run.
+
+    python benchmarks/bench_heads.py --split boundary --iters 1500 --seeds 1 2 --out output/bench_heads
+    python benchmarks/bench_heads.py --split demo --iters 150 --weights output/demo/model_final.pth --out output/bench_heads_ft
+    python benchmarks/bench_heads.py --split boundary --out output/bench_heads --table-only
 """
 
 from __future__ import annotations
@@ -23,122 +29,154 @@ import time
 from pathlib import Path
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+import yaml
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
+from machine import run_header
 from tqdm import tqdm
 
-from d2_maskext.config import add_maskext_config
+from d2_maskext.cli.config_loading import read_yaml_config
 from d2_maskext.data.mappers import build_mapper
 from d2_maskext.engine import Trainer
-from d2_maskext.evaluation.coco_evaluator import MaskExtCOCOEvaluator
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
 STOCK = "stock"
+SPLITS = {"demo": None, "boundary": CONFIGS / "boundary" / "mask_rcnn_R18_FPN_GN_boundary.yaml"}
+METRICS = (("box AP", "bbox", "AP"), ("mask AP", "segm", "AP"), ("AP75", "segm", "AP75"), ("APl", "segm", "APl"),
+           ("Boundary AP", "boundary", "AP"))  # fmt: skip
 logger = logging.getLogger("bench_heads")
 
 
-def variant_configs() -> dict[str, Path]:
-    variants = {STOCK: CONFIGS / "Base-Synthetic-R18-GN.yaml"}
-    variants.update((p.stem, p) for p in sorted((CONFIGS / "variants").glob("*.yaml")))
-    return variants
+def head_configs() -> dict[str, Path]:
+    heads = {STOCK: CONFIGS / "Base-Synthetic-R18-GN.yaml"}
+    heads.update((p.stem, p) for p in sorted((CONFIGS / "variants").glob("*.yaml")))
+    heads.update((p.stem, p) for p in sorted((CONFIGS / "peers").glob("*.yaml")))
+    return heads
 
 
-def build_cfg(config: Path, args: argparse.Namespace, output_dir: Path) -> CfgNode:
-    """The variant's config on the shared schedule: same seed, iterations, LR steps and batch for all."""
-    cfg = add_maskext_config(get_cfg())
-    cfg.merge_from_file(str(config))
+def build_cfg(config: Path, split: str, seed: int, args: argparse.Namespace, output_dir: Path) -> CfgNode:
+    """The head's config on ``split`` and the shared schedule: same seed, iterations, LR steps and batch."""
+    cfg = read_yaml_config(config)
+    if SPLITS[split] is not None:  # the split config's own keys (data, sizes, anchors) over the head's config
+        own = yaml.safe_load(SPLITS[split].read_text())
+        own.pop("_BASE_")
+        cfg.merge_from_other_cfg(CfgNode(own))
     cfg.merge_from_list(args.opts)
-    cfg.SEED = args.seed
+    cfg.SEED = seed
     cfg.SOLVER.MAX_ITER = args.iters
     cfg.SOLVER.STEPS = tuple(sorted({int(args.iters * 0.75), int(args.iters * 0.9)} - {0}))
     cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, args.iters // 4)
     cfg.SOLVER.CHECKPOINT_PERIOD = args.iters + 1  # only the final model is saved
-    cfg.TEST.EVAL_PERIOD = 0
+    cfg.TEST.EVAL_PERIOD = max(1, round(args.iters * 0.8))  # once at 80%, and at the end
     cfg.MODEL.WEIGHTS = args.weights
     cfg.OUTPUT_DIR = str(output_dir)
     cfg.freeze()
     return cfg
 
 
-def evaluate_and_time(cfg: CfgNode, model: torch.nn.Module, output_dir: Path, max_images: int) -> dict:
-    """COCO AP on the test set and per-image inference time (model forward only, batch of one)."""
-    dataset = cfg.DATASETS.TEST[0]
-    DatasetCatalog.get(dataset)  # generated before the evaluator reads its JSON
-    loader = build_detection_test_loader(cfg, dataset, mapper=build_mapper(cfg, is_train=False))
-    evaluator = MaskExtCOCOEvaluator(dataset, tasks=("bbox", "segm"), distributed=False, output_dir=str(output_dir))
-    evaluator.reset()
+def time_inference(cfg: CfgNode, model: torch.nn.Module, max_images: int) -> float:
+    """Median ms per image of the model's forward, batch of one, on the first test images."""
+    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0], mapper=build_mapper(cfg, is_train=False))
     times = []
     model.eval()
     with torch.no_grad():
-        for index, inputs in enumerate(tqdm(loader, desc="evaluating", unit="img", total=len(loader))):
-            if max_images and index >= max_images:
+        for index, inputs in enumerate(loader):
+            if index >= max_images:
                 break
             start = time.perf_counter()
-            outputs = model(inputs)
+            model(inputs)
             times.append(time.perf_counter() - start)
-            evaluator.process(inputs, outputs)
-    metrics = evaluator.evaluate()
-    return {
-        "box_AP": metrics["bbox"]["AP"],
-        "mask_AP": metrics["segm"]["AP"],
-        "mask_AP75": metrics["segm"]["AP75"],
-        "boundary_AP": metrics["boundary"]["AP"],
-        "infer_ms_per_image": 1000 * statistics.median(times[1:] or times),
-        "eval_images": len(times),
-    }
+    return 1000 * statistics.median(times[1:] or times)
 
 
-def run_variant(name: str, config: Path, args: argparse.Namespace) -> dict:
-    output_dir = args.out / name
+def relative_loss_change(trainer: Trainer) -> float:
+    """Mean total loss over the last 10% of iterations relative to the 10% before (about 0 when flat)."""
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    n = max(1, len(losses) // 10)
+    before, last = statistics.mean(losses[-2 * n : -n] or losses[:n]), statistics.mean(losses[-n:])
+    return (last - before) / before
+
+
+def run_head(name: str, config: Path, split: str, seed: int, args: argparse.Namespace) -> dict:
+    output_dir = args.out / split / name / f"seed{seed}"
     output_dir.mkdir(parents=True, exist_ok=True)
     setup_logger(str(output_dir / "log.txt"), name="d2_maskext")
-    cfg = build_cfg(config, args, output_dir)
-    torch.manual_seed(args.seed)
+    cfg = build_cfg(config, split, seed, args, output_dir)
+    DatasetCatalog.get(cfg.DATASETS.TEST[0])  # generated before the evaluator reads its JSON
+    torch.manual_seed(seed)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
+    results = trainer._last_eval_results  # the end-of-training evaluation (DefaultTrainer keeps it)
+    mid_ap = [v for v, _ in trainer.storage.history("segm/AP").values()][0]
     step_times = [t for t, _ in trainer.storage.history("time").values()]  # IterationTimer skips warm-up
+    model = trainer.model
     result = {
-        "variant": name,
+        "head": name,
+        "split": split,
+        "seed": seed,
         "config": str(config.relative_to(CONFIGS.parent.parent)),
         "iters": args.iters,
         "init": args.weights or "scratch",
-        "train_s_per_iter": statistics.median(step_times),
-        "params_M": sum(p.numel() for p in trainer.model.parameters()) / 1e6,
-        "roi_heads_params_M": sum(p.numel() for p in trainer.model.roi_heads.parameters()) / 1e6,
-        "mask_head_params_M": sum(p.numel() for p in trainer.model.roi_heads.mask_head.parameters()) / 1e6,
+        **{label: results[task][key] for label, task, key in METRICS},
+        "mask AP change, last 20%": results["segm"]["AP"] - mid_ap,
+        "loss change, last 10%": relative_loss_change(trainer),
+        "train s/iter": statistics.median(step_times),
+        "infer ms/img": time_inference(cfg, model, args.timing_images),
+        "params (M)": sum(p.numel() for p in model.parameters()) / 1e6,
+        "mask head (M)": sum(p.numel() for p in model.roi_heads.mask_head.parameters()) / 1e6,
     }
-    result.update(evaluate_and_time(cfg, trainer.model, output_dir / "inference", args.eval_images))
     (output_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
 
-def time_mask_branches(configs: dict[str, Path], args: argparse.Namespace) -> dict[str, float]:
+def format_table(results: dict[str, list[dict]]) -> str:
+    """Markdown: mean ± half the range over seeds; ratios to the stock heads of the same run."""
+    columns = [label for label, _, _ in METRICS] + [
+        "mask AP change, last 20%", "loss change, last 10%", "train s/iter", "infer ms/img", "params (M)", "mask head (M)",
+    ]  # fmt: skip
+    ratio_columns = {"train s/iter", "infer ms/img"}
+    stock = results.get(STOCK)
+    lines = [f"| head | seeds | {' | '.join(columns)} |", "| --- | ---: |" + " ---: |" * len(columns)]
+    for name, runs in results.items():
+        cells = []
+        for column in columns:
+            values = [r[column] for r in runs]
+            mean, spread = statistics.mean(values), (max(values) - min(values)) / 2
+            text = f"{mean:+.1%}" if column == "loss change, last 10%" else f"{mean:.3g}" if "(M)" in column else f"{mean:.1f}"
+            if len(values) > 1 and "(M)" not in column:
+                text += f" ±{spread:.1%}" if column == "loss change, last 10%" else f" ±{spread:.1f}"
+            if stock and name != STOCK and column in ratio_columns:
+                text += f" ({mean / statistics.mean(r[column] for r in stock):.2f}x)"
+            cells.append(text)
+        lines.append(f"| {name} | {len(runs)} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def time_mask_branches(configs: dict[str, Path], split: str, args: argparse.Namespace) -> dict[str, float]:
     """Median ms of the mask branch (pooling, mask head, rescoring) for ``--rois`` boxes on one image.
 
-    Variants are timed in interleaved rounds inside one process, so load from other jobs hits them alike.
+    Heads are timed in interleaved rounds inside one process, so load from other jobs hits them alike.
     """
-    torch.manual_seed(args.seed)
-    size = 256
-    models, features = {}, {}
+    torch.manual_seed(0)
+    models, features, sizes = {}, {}, {}
     for name, config in configs.items():
-        cfg = build_cfg(config, args, args.out / name)
+        cfg = build_cfg(config, split, 0, args, args.out / split / name)
         model = build_model(cfg).eval()
-        models[name] = model
+        size = sizes[name] = cfg.INPUT.MIN_SIZE_TEST
         shapes = model.backbone.output_shape()
-        features[name] = {
-            f: torch.randn(1, shapes[f].channels, size // shapes[f].stride, size // shapes[f].stride)
-            for f in cfg.MODEL.ROI_HEADS.IN_FEATURES
-        }
-    xy = torch.rand(args.rois, 2) * (size - 64)
-    boxes = Boxes(torch.cat([xy, xy + 16 + torch.rand(args.rois, 2) * 48], dim=1))
+        models[name] = model
+        features[name] = {f: torch.randn(1, s.channels, size // s.stride, size // s.stride) for f, s in shapes.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
         for _ in tqdm(range(args.timing_rounds), desc="timing mask branches", unit="round"):
             for name, model in models.items():
+                size = sizes[name]
+                xy = torch.rand(args.rois, 2) * (size * 3 / 4)
+                boxes = Boxes(torch.cat([xy, xy + size / 16 + torch.rand(args.rois, 2) * size / 4], dim=1))
                 detections = Instances((size, size), pred_boxes=boxes, scores=torch.ones(args.rois))
                 detections.pred_classes = torch.arange(args.rois) % model.roi_heads.num_classes
                 start = time.perf_counter()
@@ -147,72 +185,53 @@ def time_mask_branches(configs: dict[str, Path], args: argparse.Namespace) -> di
     return {name: 1000 * statistics.median(t[1:]) for name, t in times.items()}
 
 
-def format_table(results: list[dict]) -> str:
-    """Markdown table; ratios are relative to the stock heads measured in the same run."""
-    stock = next((r for r in results if r["variant"] == STOCK), None)
-    lines = [
-        "| variant | box AP | mask AP | mask AP75 | boundary AP | train s/iter | infer ms/img | params (M) | ROI heads (M) | mask head (M) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in results:
-        def ratio(key: str, r: dict = r) -> str:
-            return f" ({r[key] / stock[key]:.2f}x)" if stock and r is not stock and stock[key] else ""
-
-        boundary = f"{r['boundary_AP']:.1f}" if "boundary_AP" in r else "n/a"  # results saved before Boundary AP
-        lines.append(
-            f"| {r['variant']} | {r['box_AP']:.1f} | {r['mask_AP']:.1f} | {r['mask_AP75']:.1f} | {boundary} "
-            f"| {r['train_s_per_iter']:.2f}{ratio('train_s_per_iter')} | {r['infer_ms_per_image']:.0f}{ratio('infer_ms_per_image')} "
-            f"| {r['params_M']:.2f} | {r['roi_heads_params_M']:.2f} | {r['mask_head_params_M']:.3f}{ratio('mask_head_params_M')} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=300, help="training iterations per variant")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="boundary")
+    parser.add_argument("--iters", type=int, default=1500, help="training iterations per head and seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=Path("output/bench_heads"))
-    parser.add_argument("--variants", nargs="*", help=f"subset to run (default: all); '{STOCK}' is the baseline")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--heads", nargs="*", help=f"subset to run (default: all); '{STOCK}' is the baseline")
     parser.add_argument(
         "--weights",
         default="",
-        help="start every variant from this stock checkpoint (shared layers load, new ones start fresh); "
+        help="start every head from this stock checkpoint (shared layers load, new ones start fresh); "
         "default: train from scratch",
     )
-    parser.add_argument("--eval-images", type=int, default=0, help="evaluate on the first N images (0 = all)")
-    parser.add_argument("--rerun", action="store_true", help="retrain variants that already have a result.json")
+    parser.add_argument("--timing-images", type=int, default=20, help="test images timed per run")
+    parser.add_argument("--rerun", action="store_true", help="retrain runs that already have a result.json")
     parser.add_argument("--table-only", action="store_true", help="print the table from saved results")
     parser.add_argument("--rois", type=int, default=50, help="boxes per image for the mask-branch timing")
     parser.add_argument("--timing-rounds", type=int, default=30, help="interleaved rounds of mask-branch timing")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides applied to every variant")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides applied to every head")
     args = parser.parse_args()
     setup_logger(name="bench_heads")
 
-    configs = variant_configs()
-    names = args.variants or list(configs)
+    configs = head_configs()
+    names = args.heads or list(configs)
     unknown = sorted(set(names) - set(configs))
     if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {sorted(configs)}")
-    results = []
+        parser.error(f"unknown heads {unknown}; choose from {sorted(configs)}")
+    results: dict[str, list[dict]] = {}
     for name in names:
-        saved = args.out / name / "result.json"
-        if saved.is_file() and (args.table_only or not args.rerun):
-            results.append(json.loads(saved.read_text()))
-            logger.info("%s: using saved result %s", name, saved)
-        elif args.table_only:
-            logger.warning("%s: no saved result at %s", name, saved)
-        else:
-            logger.info("%s: training %d iterations", name, args.iters)
-            results.append(run_variant(name, configs[name], args))
-            logger.info("%s: %s", name, results[-1])
-    schedules = sorted({f"{r['iters']} iterations from {r['init']}" for r in results})
-    print(f"\nHead variants, {'; '.join(schedules)}, seed {args.seed} (CPU, {torch.get_num_threads()} threads)")
+        for seed in args.seeds:
+            saved = args.out / args.split / name / f"seed{seed}" / "result.json"
+            if saved.is_file() and (args.table_only or not args.rerun):
+                results.setdefault(name, []).append(json.loads(saved.read_text()))
+            elif args.table_only:
+                logger.warning("%s seed %d: no saved result at %s", name, seed, saved)
+            else:
+                logger.info("%s seed %d: training %d iterations on the %s split", name, seed, args.iters, args.split)
+                results.setdefault(name, []).append(run_head(name, configs[name], args.split, seed, args))
+    schedules = sorted({f"{r['iters']} iterations from {r['init']}" for runs in results.values() for r in runs})
+    print(f"\n{run_header()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"Heads on the {args.split} split, {'; '.join(schedules)}, seeds {args.seeds}")
     print(format_table(results))
-    if args.timing_rounds:
-        branch_ms = time_mask_branches({name: configs[name] for name in names}, args)
+    if args.timing_rounds and not args.table_only:
+        branch_ms = time_mask_branches({name: configs[name] for name in names}, args.split, args)
         stock_ms = branch_ms.get(STOCK)
-        print(f"\nMask branch only ({args.rois} boxes, 256x256 image, median of {args.timing_rounds} interleaved rounds)")
-        print("| variant | mask branch ms | vs stock |\n| --- | ---: | ---: |")
+        print(f"\nMask branch only ({args.rois} boxes, one test-size image, median of {args.timing_rounds} interleaved rounds)")
+        print("| head | mask branch ms | vs stock |\n| --- | ---: | ---: |")
         for name, ms in branch_ms.items():
             print(f"| {name} | {ms:.1f} | {f'{ms / stock_ms:.2f}x' if stock_ms else '-'} |")
 

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_tiling import cpu_description  # noqa: E402
 from demo import DEMO_CONFIG, last_eval  # noqa: E402
+from machine import cpu_description  # noqa: E402
 
 EIGHT_BIT = ("DATASETS.TRAIN", "('maskext_synth_train',)", "DATASETS.TEST", "('maskext_synth_val',)")
 SIXTEEN_BIT = ("DATASETS.TRAIN", "('maskext_synth_train_u16',)", "DATASETS.TEST", "('maskext_synth_val_u16',)")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import pycocotools.mask as mask_util
 import torch
+from machine import run_header
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic" / "mask_rcnn_R18_FPN_GN_demo.yaml"
@@ -45,24 +45,6 @@ ROWS = (
     "plugin tiling, fast settings",
 )
 FAST_OPTS = ("MODEL.MASKEXT.PRECISION", "bfloat16", "MODEL.MASKEXT.CHANNELS_LAST", True)
-
-
-def cpu_description() -> str:
-    """CPU model and the widest matrix ISA class it offers (what bfloat16 and oneDNN speed depend on)."""
-    from d2_maskext.modeling.precision import cpu_supports_fast_bfloat16
-
-    flags, model = set(), platform.processor() or "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and model == (platform.processor() or "unknown CPU"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    isa = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "AVX2" if "avx2" in flags else "pre-AVX2"
-    bf16 = "native" if cpu_supports_fast_bfloat16() else "emulated"
-    return f"{model}, {os.cpu_count()} cores, ISA class {isa} (bfloat16 {bf16})"
 
 
 # ------------------------------------------------------------------------------------------- children
@@ -310,9 +292,8 @@ def main() -> None:
 
     gt = ensure_mosaics(BUILTIN_SYNTHETIC["maskext_synth_val"], (args.grid, args.grid))
     coco_gt = load_coco_json(gt)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     side = args.grid * BUILTIN_SYNTHETIC["maskext_synth_val"].image_size
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, {cpu_description()}")
+    print(run_header())
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(coco_gt.imgs)} mosaics of {side} px "
         f"({len(coco_gt.anns)} objects), tile {args.tile}, overlap {args.overlap}, up to {args.max_dets} detections per mosaic"

@@ -79,7 +79,7 @@ def _options(base: ReportOptions, args: Namespace) -> ReportOptions:
 
 def _write_fiftyone(args: Namespace, options: ReportOptions, dataset: str | None) -> None:
     """The FiftyOne dataset from the files the report was computed from, its images where the report found them."""
-    from d2_maskext.evaluation.fiftyone_dataset import write_fiftyone_dataset
+    from d2_maskext.evaluation import write_fiftyone_dataset
 
     output_dir = Path(args.output_dir)
     if dataset is None:

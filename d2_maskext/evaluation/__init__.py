@@ -1,7 +1,7 @@
 """COCO evaluation and the evaluation report.
 
-The report (matplotlib, HTML) is imported on first use, so the trainer can use :func:`build_evaluator`
-without loading plotting libraries.
+The report (matplotlib, HTML) and the FiftyOne dataset writer are imported on first use, so the trainer can use
+:func:`build_evaluator` without loading plotting libraries.
 """
 
 from __future__ import annotations
@@ -18,7 +18,17 @@ def __getattr__(name: str) -> Any:
         from . import report
 
         return getattr(report, name)
+    if name == "write_fiftyone_dataset":
+        from .fiftyone_dataset import write_fiftyone_dataset
+
+        return write_fiftyone_dataset
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ReportOptions", "build_evaluator", "write_report", "write_report_from_files"]
+__all__ = [
+    "ReportOptions",
+    "build_evaluator",
+    "write_fiftyone_dataset",
+    "write_report",
+    "write_report_from_files",
+]

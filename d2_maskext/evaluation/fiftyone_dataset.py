@@ -68,7 +68,8 @@ class FiftyOneEvaluation:
             f"FiftyOne dataset {self.dataset_name!r}: {self.num_images} images, {self.num_ground_truth} ground-truth "
             f"and {self.num_predictions} predicted instances ({self.left_out} predictions beyond the per-image "
             f"limit left out; noted: {noted}); mask mAP {self.mask_map:.2f} (eval key {EVAL_KEY!r}).\n"
-            f"Open it with `fiftyone app launch {self.dataset_name}` or in Python: "
+            f"Open it (with the same FIFTYONE_DATABASE_URI, if one is set) with `fiftyone app launch "
+            f"{self.dataset_name}` or in Python: "
             f"`import fiftyone as fo; fo.launch_app(fo.load_dataset({self.dataset_name!r}))`"
         )
 

@@ -27,7 +27,6 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
@@ -45,8 +44,8 @@ from .data.writers import (
     build_writer,
     polygonize_instances,
 )
+from .evaluation.coco_evaluator import instances_to_coco_results
 from .evaluation.coco_metrics import load_coco_json
-from .modeling.tiling import RLE_FIELD
 from .utils.image_io import (
     IMAGE_EXTENSIONS,
     RAW_FORMAT,
@@ -55,6 +54,7 @@ from .utils.image_io import (
     list_images,
     read_image,
 )
+from .utils.rle import RLE_FIELD
 from .visualization import to_display_rgb
 
 logger = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ def predict(
                 height, width = frame.image_bgr.shape[:2]
                 images.append({"id": image_id, "file_name": frame.name, "height": height, "width": width})
                 if "coco" in formats:
-                    for r in instances_to_coco_json(instances, image_id):
+                    for r in instances_to_coco_results(instances, image_id):
                         results.append({**r, "category_id": categories.ids[r["category_id"]]})
                 if writers:
                     polygons = _polygons(instances, categories, polygon_tolerance, min_area, polygon_stats, polygon_formats)

@@ -3,6 +3,7 @@ with whole-image inference, output types, ``DefaultPredictor`` and the compact m
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from helpers.lazy_tiny import TINY_LAZY_CONFIG, load_tiny_lazy
 from helpers.train_net_runner import tiny_cfg
 
 from d2_maskext.data.synthetic import BUILTIN_SYNTHETIC, generate_image, mosaic_scene
+from d2_maskext.evaluation.coco_evaluator import instances_to_coco_results
 from d2_maskext.modeling.tiling import (
     RLE_FIELD,
     TiledDetection,
@@ -202,6 +204,17 @@ def test_outputs_are_bit_masks_or_rles_at_the_original_size(many_tiles):
     assert (bits.scores[:-1] >= bits.scores[1:]).all()
     kept = rles[rles.scores > rles.scores.median()]  # Instances indexing keeps the RLEs in step
     assert len(kept.get(RLE_FIELD)) == len(kept) and kept.get(RLE_FIELD)[0] == rles.get(RLE_FIELD)[0]
+
+
+def test_rle_outputs_reach_coco_results_as_bit_masks_do(many_tiles):
+    """The evaluator and tools/predict.py write the same COCO segmentations from RLE output as from bit masks."""
+    bits, rles = many_tiles
+    from_bits, from_rles = instances_to_coco_results(bits, 7), instances_to_coco_results(rles, 7)
+    assert len(from_rles) == len(from_bits) > 0
+    for a, b in zip(from_bits, from_rles):
+        assert b["image_id"] == 7 and b["category_id"] == a["category_id"] and b["score"] == a["score"]
+        assert np.array_equal(mask_util.decode(a["segmentation"]), mask_util.decode(b["segmentation"]))
+        json.dumps(b)
 
 
 def test_tiles_run_under_bfloat16_and_channels_last(stock, image, many_tiles, tmp_path):

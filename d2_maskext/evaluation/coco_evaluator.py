@@ -11,16 +11,41 @@ import logging
 
 from detectron2.config import CfgNode
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.structures import Instances
 from detectron2.utils.logger import create_small_table
 
+from ..utils.rle import RLE_FIELD
 from .boundary import BOUNDARY_TASK, evaluate_boundary_results
 from .coco_metrics import TaskEvaluation
 
 logger = logging.getLogger(__name__)
 
 
+def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict]:
+    """Detectron2's ``instances_to_coco_json``, with segmentations from RLE masks (``RLE_FIELD``, tiled inference's
+    ``RLE_OUTPUT``) as well as from ``pred_masks``."""
+    results = instances_to_coco_json(instances, image_id)
+    if instances.has(RLE_FIELD):
+        for result, rle in zip(results, instances.get(RLE_FIELD)):
+            counts = rle["counts"]
+            result["segmentation"] = {"size": list(rle["size"]), "counts": counts.decode() if isinstance(counts, bytes) else counts}
+    return results
+
+
 class MaskExtCOCOEvaluator(COCOEvaluator):
-    """``COCOEvaluator`` whose results gain ``boundary``: AP, AP50, AP75, APs, APm, APl and ``AP-<class>``."""
+    """``COCOEvaluator`` whose results gain ``boundary``: AP, AP50, AP75, APs, APm, APl and ``AP-<class>``; it
+    reads masks from ``pred_masks`` or from RLEs (:func:`instances_to_coco_results`)."""
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        for inp, output in zip(inputs, outputs):
+            prediction = {"image_id": inp["image_id"]}
+            if "instances" in output:
+                prediction["instances"] = instances_to_coco_results(output["instances"].to("cpu"), inp["image_id"])
+            if "proposals" in output:
+                prediction["proposals"] = output["proposals"].to("cpu")
+            if len(prediction) > 1:
+                self._predictions.append(prediction)
 
     def _eval_predictions(self, predictions: list[dict], img_ids: list[int] | None = None) -> None:
         # Copied before the parent rewrites category ids of these very dicts in place.

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..layers.paste_masks import paste_masks
-from ..utils.rle import runs_to_rle
+from ..utils.rle import RLE_FIELD, runs_to_rle
 
 __all__ = [
     "RLEMasks",
@@ -48,7 +48,6 @@ __all__ = [
 MERGE_METRICS = ("iou", "ios")
 PROGRESS_MIN_TILES = 16  # images with more tiles than this show a progress bar
 BORDER_MARGIN = 2.0  # output pixels: a box this close to an inner tile border is cut by it
-RLE_FIELD = "pred_masks_rle"
 
 
 @dataclass(frozen=True)

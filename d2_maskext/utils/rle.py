@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pycocotools.mask as mask_util
 
+# The Instances field of predicted masks kept as compressed RLEs (MODEL.MASKEXT.TILING.RLE_OUTPUT) instead of
+# image-size ``pred_masks``; the evaluator and the prediction tool read either.
+RLE_FIELD = "pred_masks_rle"
+
 
 def mask_to_rle(mask: np.ndarray) -> dict:
     """Compressed RLE of an ``H x W`` mask (any dtype; nonzero is foreground) with ``counts`` as a string.

@@ -152,15 +152,15 @@ class BestCheckpointer(hooks.BestCheckpointer):
 
     def _stop(self) -> None:
         trainer = self.trainer
+        best = "none" if self.best_iter is None else f"{self.best_metric:.5g} at iteration {self.best_iter}"
         logger.info(
-            "Early stopping at iteration %d: %s has not improved by more than %g in %d evaluations (best %s at "
-            "iteration %s); the final evaluation runs on the best weights",
+            "Early stopping at iteration %d: %s has not improved by more than %g in %d evaluations (best: %s); "
+            "the final evaluation runs on the best weights",
             trainer.iter,
             self._val_metric,
             self._min_delta,
             self.evaluations_without_improvement,
-            self.best_metric,
-            self.best_iter,
+            best,
         )
         self._stopped = True
         self._checkpointer.save(STOP_CHECKPOINT, iteration=trainer.iter)

@@ -34,6 +34,7 @@ def test_import_registers_components():
     assert "MaskExtROIHeads" in ROI_HEADS_REGISTRY
     assert "StandardROIHeads" in ROI_HEADS_REGISTRY
     assert "DatasetMapper" in MAPPER_REGISTRY
-    for name in BUILTIN_SYNTHETIC:
+    for name, spec in BUILTIN_SYNTHETIC.items():
         assert name in DatasetCatalog.list()
-        assert MetadataCatalog.get(name).thing_classes == list(SYNTHETIC_CLASSES)
+        assert MetadataCatalog.get(name).thing_classes == list(spec.classes)
+    assert MetadataCatalog.get("maskext_synth_val").thing_classes == list(SYNTHETIC_CLASSES)

@@ -128,7 +128,8 @@ class ImageInput:
 @dataclass(frozen=True)
 class PredictSummary:
     """What was predicted and written. ``outputs``: format -> the file or folder it wrote (COCO: the
-    results file). ``polygons``: what the polygon formats left out (empty masks, parts under min_area)."""
+    results file). ``polygons``: what the polygon formats left out (empty masks, parts under min_area).
+    ``image_files``: image id -> the input file (images only), e.g. for ``write_fiftyone_dataset``."""
 
     num_images: int
     num_skipped: int
@@ -138,6 +139,7 @@ class PredictSummary:
     overlays: Path
     outputs: dict[str, Path]
     polygons: PolygonStats
+    image_files: dict[int, Path]
 
 
 def _read_images(inputs: Sequence[ImageInput], skipped: list[str], predictor: BatchPredictor) -> Iterator[Frame]:
@@ -326,7 +328,7 @@ def predict(
     total, fps = _video_info(video) if video is not None else (len(inputs), 0.0)
     title = video.name if video is not None else f"{len(inputs)} images"
     video_writer = None
-    images, results, num_instances = [], [], 0
+    images, results, num_instances, image_files = [], [], 0, {}
     with tqdm(total=total, desc=f"predicting {title}", unit="img") as progress:
         for batch in _batches(frames, batch_size):
             for frame, output in zip(batch, predictor.predict_batch([f.image_bgr for f in batch])):
@@ -335,6 +337,8 @@ def predict(
                 image_id = image_ids[frame.name] if image_ids is not None else len(images)
                 height, width = frame.image_bgr.shape[:2]
                 images.append({"id": image_id, "file_name": frame.name, "height": height, "width": width})
+                if video is None:
+                    image_files[image_id] = paths[frame.name]
                 if "coco" in formats:
                     for r in instances_to_coco_results(instances, image_id):
                         results.append({**r, "category_id": categories.ids[r["category_id"]]})
@@ -375,7 +379,8 @@ def predict(
         )  # fmt: skip
     logger.info("%d images, %d instances -> %s", len(images), num_instances, output_dir)
     return PredictSummary(
-        len(images), len(skipped), num_instances, predictions_json, images_json, overlays, outputs, polygon_stats
+        len(images), len(skipped), num_instances, predictions_json, images_json, overlays, outputs, polygon_stats,
+        image_files,
     )
 
 

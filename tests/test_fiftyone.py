@@ -267,6 +267,32 @@ def test_eval_report_tool_in_model_mode_refers_to_the_dataset_images(fiftyone, t
     assert map_ == pytest.approx(metrics["segm"]["AP"], abs=0.1)
 
 
+@pytest.mark.slow
+@needs_fiftyone
+def test_predict_tool_writes_the_dataset_with_ground_truth(fiftyone, tiny_trained_weights, tmp_path, capsys):
+    """``tools/predict.py --gt-json ... --fiftyone NAME``: the input images, the tool's COCO results, the same mAP."""
+    DatasetCatalog.get(VAL)
+    metadata = MetadataCatalog.get(VAL)
+    load_script("tools/predict.py").main(
+        ["--config-file", str(TINY_CONFIG), "--input", metadata.image_root, "--output", str(tmp_path),
+         "--gt-json", metadata.json_file, "--confidence-threshold", "0.05", "--output-format", "labelme",
+         "--fiftyone", "d2mx_predict", "--opts", "MODEL.WEIGHTS", str(tiny_trained_weights)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "predictions.json").read_text())  # coco added for the dataset
+    dataset = fiftyone.load_dataset("d2mx_predict")
+    files = {d["image_id"]: Path(d["file_name"]).resolve() for d in DatasetCatalog.get(VAL)}
+    assert {s["coco_id"]: Path(s.filepath).resolve() for s in dataset} == files
+    expected = evaluate_coco_results(_quiet_coco(Path(metadata.json_file)), results, "segm").summary_metrics()["AP"]
+    assert float(out.split("mask mAP ")[1].split()[0]) == pytest.approx(expected, abs=0.1)
+
+
+def test_predict_tool_refuses_fiftyone_without_ground_truth(capsys):
+    with pytest.raises(SystemExit):
+        load_script("tools/predict.py").parse_args(["--config-file", "c.yaml", "--input", "x", "--fiftyone", "n"])
+    assert "--gt-json" in capsys.readouterr().err
+
+
 @needs_fiftyone
 def test_mongod_is_stopped_even_when_the_body_fails(tmp_path):
     with pytest.raises(RuntimeError, match="body failed"), running_mongod(tmp_path, MONGOD) as server:

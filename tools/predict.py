@@ -9,6 +9,9 @@ files, and never loads the config's training datasets.
         --video-input clip.mp4 --confidence-threshold 0.3 --opts train.init_checkpoint=model_final.pth
     python tools/predict.py --config-file ... --input images/ --output-format labelme cvat geojson
 
+With ``--gt-json`` and ``--fiftyone NAME``, also writes the FiftyOne dataset NAME with ground truth, predictions and
+FiftyOne's mask evaluation (scored at ``--confidence-threshold``; pass 0.05 for AP comparable to the evaluator's).
+
 Writes ``overlays/`` (PNG per image, or an mp4 for a video) into ``--output`` and, per --output-format:
 coco (default): ``predictions.json`` (COCO results, RLE masks) and ``images.json`` (the images and
 categories those results refer to); labelme: ``labelme/<image>.json``; cvat: ``cvat/annotations.xml``
@@ -73,13 +76,24 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
         help="polygon formats: drop parts and holes smaller than this (default 0: keep all)",
     )
     parser.add_argument(
+        "--fiftyone",
+        metavar="NAME",
+        help="with --gt-json: also write the persistent FiftyOne dataset NAME (ground truth, predictions, mask "
+        "evaluation under the key 'eval') and print its mask mAP; needs the fiftyone extra",
+    )
+    parser.add_argument(
         "--opts",
         nargs=argparse.REMAINDER,
         default=[],
         help="config overrides: 'KEY VALUE' pairs (YAML) or 'key=value' items (lazy configs)",
     )
     parser.add_argument("overrides", nargs=argparse.REMAINDER, default=[], help="config overrides, as --opts")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.fiftyone and not args.gt_json:
+        parser.error("--fiftyone evaluates against ground truth: pass --gt-json")
+    if args.fiftyone and "coco" not in args.output_format:
+        args.output_format.append("coco")  # the dataset is written from the COCO results
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,6 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"overlays:    {summary.overlays}")
     for name, path in summary.outputs.items():
         print(f"{name + ':':<12} {path}")
+    if args.fiftyone:
+        from d2_maskext.evaluation import write_fiftyone_dataset
+
+        evaluation = write_fiftyone_dataset(
+            args.fiftyone, args.gt_json, summary.outputs["coco"], image_paths=summary.image_files
+        )
+        print(evaluation.summary())
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def test_import_is_light_and_generates_no_data(tmp_path):
         "import json, sys, d2_maskext\n"
         "from detectron2.data import DatasetCatalog\n"
         "heavy = ['matplotlib', 'd2_maskext.engine', 'd2_maskext.evaluation.report', 'd2_maskext.predict',"
-        " 'd2_maskext.checkpoint']\n"
+        " 'd2_maskext.checkpoint', 'fiftyone']\n"
         "print(json.dumps({'loaded': [m for m in heavy if m in sys.modules],"
         " 'registered': 'maskext_synth_train' in DatasetCatalog.list()}))\n"
     )

@@ -30,9 +30,9 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
+from machine import run_header
 
 import d2_maskext
-from d2_maskext.modeling.precision import cpu_supports_fast_bfloat16
 
 MODELS = {
     "r50": ("configs/coco/mask_rcnn_R_50_FPN_1x.yaml", (800, 1216), 2),
@@ -257,11 +257,10 @@ def measure(args: argparse.Namespace) -> None:
 
 def report(args: argparse.Namespace, rows: list[Row], infer_stages: dict, size: tuple[int, int], batch: int) -> None:
     base = rows[0]
-    bf16 = "native" if cpu_supports_fast_bfloat16() else "emulated (no AVX512-BF16/AMX)"
+    print(f"\n{run_header()}")
     print(
-        f"\n{args.model} at {size[0]}x{size[1]}, device {args.device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, bfloat16 {bf16}; medians of {args.iters} inference / "
-        f"{args.train_iters} training rounds"
+        f"{args.model} at {size[0]}x{size[1]}, device {args.device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; medians of {args.iters} inference / {args.train_iters} training rounds"
     )
     print(f"\n| configuration | inference s/img | vs stock | training s/iter (batch {batch}) | vs stock | detections |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -34,6 +34,9 @@ def cpu_description() -> str:
 
 
 def run_header() -> str:
-    """``<UTC time>, commit <sha>, <cpu_description()>``."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    """``<UTC time>, commit <sha>, <cpu_description()>`` (commit "unknown" outside a git checkout)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
     return f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit or 'unknown'}, {cpu_description()}"

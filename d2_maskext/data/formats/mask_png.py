@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ...utils.image_io import ImageReadError, read_label_map
+from ...utils.rle import label_map_rles
 from .base import (
     DatasetSource,
     LoadedDataset,
@@ -34,6 +35,7 @@ from .base import (
     mask_annotation,
     read_class_names,
     read_json,
+    rle_annotation,
 )
 from .problems import DatasetError, ProblemLog
 
@@ -80,14 +82,14 @@ def load_instance_id_png(source: DatasetSource, problems: ProblemLog) -> LoadedD
             if ids is None:
                 continue
             key = path.relative_to(folder).with_suffix("").as_posix()
-            for instance_id in np.unique(ids[ids > 0]).tolist():
+            for instance_id, rle in label_map_rles(ids).items():  # no full-size mask per instance
                 where = f"instance id {instance_id}"
                 label = class_map.get(key, {}).get(str(instance_id))
                 if not isinstance(label, str):
                     problems.add("unknown_category", source.class_map, f"[{key!r}][{str(instance_id)!r}]",
                                  f"no class for instance id {instance_id} of {path}")
                     continue
-                annotation = mask_annotation(ids == instance_id, -1, problems, path, where)
+                annotation = rle_annotation(rle, -1, problems, path, where)
                 if annotation:
                     categories.add(annotations, annotation, label, path, where)
 

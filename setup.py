@@ -116,7 +116,8 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "torchvision", "pycocotools", "opencv-python-headless", "tqdm"],
     extras_require={
-        "export": ["onnx", "onnxscript", "onnxruntime", "ml_dtypes<0.6"],  # tools/export_model.py
+        # tools/export_model.py
+        "export": ["onnx", "onnxscript", "onnxruntime", "openvino==2026.4.*", "nncf==3.4.*", "ml_dtypes<0.6"],
         # tools/eval_report.py --fiftyone; install order matters, see requirements-fiftyone.txt
         "fiftyone": [
             "fiftyone==1.22.*",

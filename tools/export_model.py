@@ -1,13 +1,15 @@
 #!/usr/bin/env python
-"""Export a trained Mask R-CNN for deployment: TorchScript, torch.export (.pt2), AOTInductor or ONNX.
+"""Export a trained Mask R-CNN for deployment: TorchScript, torch.export (.pt2), AOTInductor, ONNX or OpenVINO.
 
     python tools/export_model.py --config-file configs/synthetic/mask_rcnn_R18_FPN_GN_demo.yaml \\
         --format exported_program --output output/export MODEL.WEIGHTS output/demo/model_final.pth
     python tools/export_model.py ... --format onnx            # runs in onnxruntime, no custom-op library
     python tools/export_model.py ... --format torchscript --export-method scripting
+    python tools/export_model.py ... --format openvino --quantize int8 --calibration-dataset maskext_synth_train
 
-Writes the model (model.ts, model.pt2, model.aoti.pt2 or model.onnx) and a JSON next to it (inputs,
-outputs, class names, input size rules). Run it with ``d2_maskext.export.ExportedMaskRCNN`` (d2_maskext/export/runtime.py, no Detectron2 needed). The interface
+Writes the model (model.ts, model.pt2, model.aoti.pt2, model.onnx or model.xml + model.bin) and a JSON next
+to it (inputs, outputs, class names, input size rules); with --quantize int8 also model.int8.onnx or
+model.int8.xml and its JSON. Run it with ``d2_maskext.export.ExportedMaskRCNN`` (d2_maskext/export/runtime.py, no Detectron2 needed). The interface
 and the formats: docs/export.md.
 """
 
@@ -31,6 +33,11 @@ from d2_maskext.export import (
     model_input,
     read_image,
 )
+from d2_maskext.export.quantization import (
+    QuantizationRequest,
+    calibration_images,
+    quantize_export,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -42,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument(
         "--sample-image", default=None, metavar="FILE", help="image to trace or export with (default: random)"
     )
+    parser.add_argument("--quantize", choices=("int8",), default=None, help="also write an INT8 model (onnx, openvino)")
+    parser.add_argument("--calibration-dataset", default=None, metavar="NAME", help="registered dataset to calibrate on")
+    parser.add_argument("--calibration-images", type=int, default=100, metavar="N", help="images to calibrate on")
+    parser.add_argument(
+        "--keep-float", nargs="*", default=None, metavar="PREFIX",
+        help="module prefixes whose layers stay float in INT8 (default: the format's, see docs/export.md)",
+    )  # fmt: skip
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], help="config overrides, e.g. MODEL.WEIGHTS model.pth"
     )
@@ -71,6 +85,9 @@ def main(argv: list[str] | None = None) -> Path:
     if loaded.input_format != "BGR":
         raise SystemExit(f"{args.config_file}: export takes BGR images; the model expects {loaded.input_format}")
     check_weights(loaded.weights)
+    keep_float = None if args.keep_float is None else tuple(args.keep_float)
+    quantization = QuantizationRequest(args.calibration_dataset, args.calibration_images, keep_float)
+    calibration_files = calibration_images(args.format, quantization, loaded.num_classes) if args.quantize else []
     model = loaded.build_inference_model().to("cpu").float().eval()
     resize = loaded.test_resize()
     short_edges = resize.short_edge_length
@@ -79,6 +96,9 @@ def main(argv: list[str] | None = None) -> Path:
     path = export_model(model, sample_input(args.sample_image, rules), rules, request)
     print(f"model:    {path}")
     print(f"metadata: {path.with_suffix('.json')}")
+    if args.quantize:
+        int8 = quantize_export(path, calibration_files, rules, quantization)
+        print(f"int8:     {int8}")
     return path
 
 

@@ -1,14 +1,16 @@
 """Writes a Mask R-CNN in one deployment format, with a JSON that says how to feed it and read its outputs.
 
 Formats: ``torchscript`` (tracing or scripting), ``exported_program`` (``torch.export``, dynamic height and
-width, ``.pt2``), ``aoti`` (an AOTInductor package of that program) and ``onnx`` (the dynamo-based
-exporter, ``d2_maskext::roi_align`` translated to standard operators).
+width, ``.pt2``), ``aoti`` (an AOTInductor package of that program), ``onnx`` (the dynamo-based
+exporter, ``d2_maskext::roi_align`` translated to standard operators) and ``openvino`` (that ONNX graph as an
+OpenVINO IR).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +28,14 @@ __all__ = ["EXPORT_METHODS", "FORMATS", "ExportRequest", "InputRules", "check_on
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("torchscript", "exported_program", "aoti", "onnx")
+FORMATS = ("torchscript", "exported_program", "aoti", "onnx", "openvino")
 EXPORT_METHODS = ("tracing", "scripting")
 FILE_NAMES = {
     "torchscript": "model.ts",
     "exported_program": "model.pt2",
     "aoti": "model.aoti.pt2",
     "onnx": "model.onnx",
+    "openvino": "model.xml",
 }
 MAX_SIDE = 4096
 CUSTOM_OP = "d2_maskext::roi_align"
@@ -131,6 +134,17 @@ def _onnx(adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules, path
     return []
 
 
+def _openvino(adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules, path: Path) -> list[str]:
+    from .openvino_conversion import convert_onnx_to_openvino, require_openvino
+
+    require_openvino()  # before the export, which takes a while
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_path = Path(folder) / FILE_NAMES["onnx"]
+        _onnx(adapter, image, rules, onnx_path)
+        convert_onnx_to_openvino(onnx_path, path)
+    return []
+
+
 def _metadata(request: ExportRequest, rules: InputRules, file_name: str, custom_ops: list[str]) -> dict:
     return {
         "format": request.fmt,
@@ -176,6 +190,8 @@ def export_model(model: GeneralizedRCNN, image: Tensor, rules: InputRules, reque
         custom_ops = _torchscript(model, adapter, image, request.method, path)
     elif request.fmt == "onnx":
         custom_ops = _onnx(adapter, image, rules, path)
+    elif request.fmt == "openvino":
+        custom_ops = _openvino(adapter, image, rules, path)
     else:
         program = _export_program(adapter, image, rules)
         custom_ops = _program_custom_ops(program)

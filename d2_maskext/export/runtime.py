@@ -1,4 +1,5 @@
-"""Runs a Mask R-CNN exported by ``tools/export_model.py`` on image files, with torch or onnxruntime only.
+"""Runs a Mask R-CNN exported by ``tools/export_model.py`` on image files, with torch, onnxruntime or OpenVINO
+only.
 
 The exported model takes Detectron2's model input (float32 ``[3, H, W]``, BGR, 0–255, already resized) and
 returns ``boxes``, ``scores``, ``classes`` and ``masks`` (``[N, 1, M, M]`` probabilities). This module does
@@ -11,6 +12,7 @@ therefore imports nothing of the package: on a machine without Detectron2, load 
 script); it loads the mask-pasting code from ``d2_maskext/layers/paste_masks.py`` (pure torch) the same way.
 
     python d2_maskext/export/runtime.py output/export/model.pt2 image.jpg
+    python d2_maskext/export/runtime.py output/export/model.xml image.jpg --precision bfloat16
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def _load_paste_masks() -> Callable[..., Tensor]:
 
 paste_masks = _load_paste_masks()
 __all__ = [
+    "PRECISIONS",
     "ExportedMaskRCNN",
     "Prediction",
     "find_op_library",
@@ -49,6 +52,13 @@ __all__ = [
     "read_image",
     "resized_shape",
 ]
+
+
+# Formats of standard operators only: no torchvision or plugin op library to load.
+STANDARD_OPERATOR_FORMATS = ("onnx", "openvino")
+# Inference precisions; bfloat16 is OpenVINO's INFERENCE_PRECISION_HINT, on CPUs that compute in it.
+PRECISIONS = ("float32", "bfloat16")
+_OPENVINO_PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16"}
 
 
 @dataclass
@@ -102,7 +112,33 @@ def model_input(bgr: np.ndarray, min_size_test: int, max_size_test: int) -> Tens
     return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1))).float()
 
 
-def _load_backend(path: Path, fmt: str, num_threads: int | None) -> Callable[[Tensor], tuple[Tensor, ...]]:
+def _load_openvino(path: Path, num_threads: int | None, precision: str) -> Callable[[Tensor], tuple[Tensor, ...]]:
+    """The IR compiled for the CPU at ``precision`` (always set: OpenVINO's default is bfloat16 on AMX CPUs)."""
+    import openvino
+
+    core = openvino.Core()
+    if precision == "bfloat16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise ValueError(f"{path}: this CPU does not compute in bfloat16 (OpenVINO lists no BF16); use float32")
+    config = {"INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+    if num_threads is not None:
+        config["INFERENCE_NUM_THREADS"] = num_threads
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run_openvino(image: Tensor) -> tuple[Tensor, ...]:
+        outputs = request.infer({"image": image.numpy()})
+        return tuple(torch.from_numpy(outputs[o].copy()) for o in compiled.outputs)
+
+    return run_openvino
+
+
+def _load_backend(
+    path: Path, fmt: str, num_threads: int | None, precision: str
+) -> Callable[[Tensor], tuple[Tensor, ...]]:
+    if precision != "float32" and fmt != "openvino":
+        raise ValueError(f"{path}: precision {precision!r} is offered for OpenVINO IRs only; {fmt} runs float32")
+    if fmt == "openvino":
+        return _load_openvino(path, num_threads, precision)
     if fmt == "onnx":
         import onnxruntime
 
@@ -129,10 +165,20 @@ def _load_backend(path: Path, fmt: str, num_threads: int | None) -> Callable[[Te
 class ExportedMaskRCNN:
     """An exported model and its JSON: ``model(image_tensor)`` runs the raw graph, ``predict_file`` a file.
 
-    ``num_threads`` caps onnxruntime's threads (torch formats follow ``torch.set_num_threads``).
+    ``num_threads`` caps onnxruntime's and OpenVINO's threads (torch formats follow ``torch.set_num_threads``);
+    ``precision`` (one of :data:`PRECISIONS`) is OpenVINO's inference precision. An INT8 export is run like
+    its float32 form: its quantized layers compute in int8 whatever ``precision`` says.
     """
 
-    def __init__(self, path: str | Path, op_library: str | Path | None = None, num_threads: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        op_library: str | Path | None = None,
+        num_threads: int | None = None,
+        precision: str = "float32",
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
         self.path = Path(path)
         metadata_path = self.path.with_suffix(".json")
         if not self.path.is_file():
@@ -141,11 +187,11 @@ class ExportedMaskRCNN:
             raise FileNotFoundError(f"{metadata_path}: the export's JSON is missing (written by tools/export_model.py)")
         self.metadata = json.loads(metadata_path.read_text())
         fmt = self.metadata["format"]
-        if fmt != "onnx":
+        if fmt not in STANDARD_OPERATOR_FORMATS:
             import torchvision  # noqa: F401  (registers torchvision::nms and roi_align, which the graph calls)
-        if self.metadata.get("custom_ops") and fmt != "onnx" and not hasattr(torch.ops.d2_maskext, "roi_align"):
+        if self.metadata.get("custom_ops") and fmt not in STANDARD_OPERATOR_FORMATS and not hasattr(torch.ops.d2_maskext, "roi_align"):
             torch.ops.load_library(str(op_library or find_op_library()))
-        self._run = _load_backend(self.path, fmt, num_threads)
+        self._run = _load_backend(self.path, fmt, num_threads, precision)
 
     @property
     def class_names(self) -> list[str]:
@@ -190,11 +236,15 @@ class ExportedMaskRCNN:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run an exported Mask R-CNN on image files.")
-    parser.add_argument("model", help="model.ts, model.pt2, model.aoti.pt2 or model.onnx (its JSON next to it)")
+    parser.add_argument(
+        "model", help="model.ts, model.pt2, model.aoti.pt2, model.onnx or model.xml (its JSON next to it)"
+    )
     parser.add_argument("images", nargs="+")
     parser.add_argument("--op-library", default=None, help="path to d2_maskext/_C*.so (default: found)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="OpenVINO inference precision")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime/OpenVINO threads (default: theirs)")
     args = parser.parse_args(argv)
-    model = ExportedMaskRCNN(args.model, args.op_library)
+    model = ExportedMaskRCNN(args.model, args.op_library, args.threads, args.precision)
     for path in args.images:
         prediction = model.predict_file(path)
         print(f"{path}: {len(prediction.scores)} instances")

@@ -10,6 +10,7 @@ ratios within one run.
 
     python benchmarks/bench_deploy.py                          # demo model, 150 val images, 1 and 2 threads
     python benchmarks/bench_deploy.py --images 20 --threads 1  # a quick run
+    python benchmarks/bench_deploy.py --rows "onnxruntime INT8" "OpenVINO INT8" --keep-float   # all layers INT8
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--calibration-dataset", default="maskext_synth_train")
     parser.add_argument("--calibration-images", type=int, default=64)
+    parser.add_argument(
+        "--keep-float", nargs="*", default=None, metavar="PREFIX",
+        help="module prefixes kept float in both INT8 models (default: each format's KEEP_FLOAT)",
+    )  # fmt: skip
+    parser.add_argument("--rows", nargs="+", default=None, metavar="LABEL", help="only these rows (default: all)")
     parser.add_argument("--output", default="output/bench_deploy", help="where exports and evaluations go")
     return parser.parse_args(argv)
 
@@ -94,7 +100,8 @@ def export_all(args: argparse.Namespace, loaded: LoadedConfig) -> dict[str, Path
     resize = loaded.test_resize()
     rules = InputRules.of(model, int(min(resize.short_edge_length)), int(resize.max_size))
     sample = torch.rand(3, rules.min_size_test, rules.min_size_test, generator=torch.Generator().manual_seed(0)) * 255
-    quantization = QuantizationRequest(args.calibration_dataset, args.calibration_images)
+    keep_float = None if args.keep_float is None else tuple(args.keep_float)
+    quantization = QuantizationRequest(args.calibration_dataset, args.calibration_images, keep_float)
     files = calibration_images("onnx", quantization, loaded.num_classes)
     paths = {}
     for fmt in ("torchscript", "onnx", "openvino"):
@@ -120,6 +127,11 @@ def runtimes(args: argparse.Namespace) -> list[Runtime]:
         Runtime("OpenVINO bfloat16", exported(paths["openvino"], "bfloat16"), "OpenVINO float32"),
         Runtime("OpenVINO INT8", exported(paths["openvino int8"]), "OpenVINO float32"),
     ]
+    if args.rows is not None:
+        unknown = sorted(set(args.rows) - {row.label for row in rows})
+        if unknown:
+            raise SystemExit(f"unknown --rows {unknown}; the rows are {[row.label for row in rows]}")
+        rows = [row for row in rows if row.label in args.rows]
     return rows
 
 
@@ -150,7 +162,7 @@ def measure(args: argparse.Namespace, rows: list[Runtime]) -> int:
 
 def report(rows: list[Runtime], threads: list[int], num_images: int) -> None:
     by_label = {row.label: row for row in rows}
-    fast = by_label["eager fast (bfloat16 + channels-last)"]
+    fast = by_label.get("eager fast (bfloat16 + channels-last)")
     first = threads[0]
     columns = " | ".join(f"ms/image, {t} thr" for t in threads)
     print(f"\n{num_images} images; latency: median, uint8 image to full-image detections; speed-ups at {first} thread(s)\n")
@@ -160,9 +172,9 @@ def report(rows: list[Runtime], threads: list[int], num_images: int) -> None:
         if not row.latencies:
             continue
         cells = " | ".join(f"{row.latencies[t] * 1e3:.1f}" if t in row.latencies else "-" for t in threads)
-        base = by_label[row.baseline].latencies[first]
-        versus = f"{base / row.latencies[first]:.2f}x {row.baseline}" if row.baseline != row.label else "-"
-        fast_ratio = f"{fast.latencies[first] / row.latencies[first]:.2f}x" if fast.latencies else "-"
+        base = by_label[row.baseline].latencies.get(first) if row.baseline in by_label else None
+        versus = f"{base / row.latencies[first]:.2f}x {row.baseline}" if base and row.baseline != row.label else "-"
+        fast_ratio = f"{fast.latencies[first] / row.latencies[first]:.2f}x" if fast and fast.latencies else "-"
         box_ap, mask_ap = (f"{row.ap[k]:.2f}" if k in row.ap else "-" for k in ("bbox", "segm"))
         print(f"| {row.label} | {box_ap} | {mask_ap} | {cells} | {versus} | {fast_ratio} |")
 

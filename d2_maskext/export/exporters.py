@@ -135,9 +135,8 @@ def _onnx(adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules, path
 
 
 def _openvino(adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules, path: Path) -> list[str]:
-    from .openvino_conversion import convert_onnx_to_openvino, require_openvino
+    from .openvino_conversion import convert_onnx_to_openvino
 
-    require_openvino()  # before the export, which takes a while
     with tempfile.TemporaryDirectory() as folder:
         onnx_path = Path(folder) / FILE_NAMES["onnx"]
         _onnx(adapter, image, rules, onnx_path)
@@ -183,6 +182,10 @@ def export_model(model: GeneralizedRCNN, image: Tensor, rules: InputRules, reque
         raise ValueError(
             f"sample image size {list(image.shape[1:])} is outside [{rules.min_side}, {rules.max_side}] per side"
         )
+    if request.fmt == "openvino":
+        from .openvino_conversion import require_openvino
+
+        require_openvino()  # before the export, which takes a while
     adapter = MaskRCNNExportAdapter(model)
     request.output_dir.mkdir(parents=True, exist_ok=True)
     path = request.output_dir / FILE_NAMES[request.fmt]

@@ -305,3 +305,20 @@ def test_tiny_16bit_model_trains_a_step_and_predicts(tmp_path, caplog):
     two_band = _write(tmp_path / "two.tif", np.zeros((32, 32, 2), np.uint16))
     with pytest.raises(ChannelCountError, match=r"two\.tif: the image has 2 channel\(s\) but the model takes 1"):
         predict(predictor, metadata, [str(two_band)], tmp_path / "other")
+
+
+def test_training_images_of_raw_input_are_stretched_or_refused(tmp_path):
+    """``VIS_PERIOD`` with RAW: ``MaskExtRCNN`` draws the stretched image; a meta-architecture that would draw
+    8-bit images only is refused when the training mapper is built, naming the keys."""
+    opts = ["INPUT.FORMAT", "RAW", "MODEL.PIXEL_MEAN", "[25000.0]", "MODEL.PIXEL_STD", "[9000.0]", "VIS_PERIOD", "1",
+            "DATASETS.TRAIN", "('maskext_synth_tiny_train_u16',)"]  # fmt: skip
+    with pytest.raises(ValueError, match="VIS_PERIOD 1 with INPUT.FORMAT 'RAW'.*MaskExtRCNN"):
+        build_mapper(tiny_cfg(tmp_path, *opts), is_train=True)
+    cfg = tiny_cfg(tmp_path, *opts, "MODEL.META_ARCHITECTURE", "MaskExtRCNN")
+    mapper = build_mapper(cfg, is_train=True)
+    batch = [mapper(dict(r)) for r in DatasetCatalog.get("maskext_synth_tiny_train_u16")[:2]]
+    torch.manual_seed(0)
+    with EventStorage(0) as storage:
+        build_model(cfg)(batch)
+    (name, image, _), *_ = [entry for entry in storage._vis_data if "proposals" in entry[0]]
+    assert image.shape[0] == 3 and image.shape[1] == 128 and 100 < image.mean() < 200  # stretched, not white

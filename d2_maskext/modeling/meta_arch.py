@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from ..layers import fuse_convolutions
 from ..layers.paste_masks import paste_masks
+from ..utils.display import to_display_rgb
+from ..utils.image_io import RAW_FORMAT
 from .precision import ComputeSettings, model_precision, prepare_for_autocast, resolve_compute_settings
 from .tiling import TilingSettings, check_tile_size, tiled_inference, tiling_from_config
 
@@ -132,6 +134,21 @@ class MaskExtRCNN(GeneralizedRCNN):
         if self.channels_last:
             images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
         return images
+
+    def visualize_training(self, batched_inputs: list[dict], proposals: list[Instances]) -> None:
+        """``VIS_PERIOD``'s TensorBoard images; ``RAW`` images (any dtype and band count, which Detectron2 cannot
+        draw) are shown through the percentile stretch of :func:`to_display_rgb`."""
+        if self.input_format != RAW_FORMAT:
+            return super().visualize_training(batched_inputs, proposals)
+        shown = [
+            {**inputs, "image": torch.from_numpy(to_display_rgb(inputs["image"].permute(1, 2, 0).cpu().numpy())).permute(2, 0, 1)}
+            for inputs in batched_inputs[:1]  # Detectron2 draws the first image of the batch only
+        ]
+        self.input_format = "RGB"
+        try:
+            super().visualize_training(shown, proposals[:1])
+        finally:
+            self.input_format = RAW_FORMAT
 
     def forward(self, batched_inputs: list[dict[str, Tensor]]):
         if not self.training:

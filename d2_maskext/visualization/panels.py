@@ -10,8 +10,8 @@ import numpy as np
 from detectron2.utils.visualizer import Visualizer
 from pycocotools.coco import COCO
 
+from ..utils.display import to_display_rgb
 from ..utils.image_io import RAW_FORMAT, ImageReadError, needs_raw, read_image
-from .display import to_display_rgb
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.utils.registry import Registry
 
 from ...utils.image_io import RAW_FORMAT
@@ -29,6 +30,13 @@ def build_mapper(cfg: CfgNode, is_train: bool) -> Callable[[dict], dict | None]:
             "INPUT.FORMAT 'RAW' needs one of the plugin mappers (MaskExtDatasetMapper, LSJDatasetMapper, "
             "CopyPasteDatasetMapper): Detectron2's DatasetMapper reads 8-bit images only"
         )
+    if is_train and cfg.INPUT.FORMAT == RAW_FORMAT and cfg.VIS_PERIOD > 0:
+        meta_arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+        if getattr(meta_arch, "visualize_training", None) is GeneralizedRCNN.visualize_training:
+            raise ValueError(
+                f"VIS_PERIOD {cfg.VIS_PERIOD} with INPUT.FORMAT 'RAW': {cfg.MODEL.META_ARCHITECTURE} draws 8-bit images "
+                "only; use MODEL.META_ARCHITECTURE 'MaskExtRCNN' (it stretches RAW images for display) or VIS_PERIOD 0"
+            )
     mapper = mapper_class(cfg, is_train)
     if is_train and cfg.INPUT.PHOTOMETRIC.ENABLED:
         augmentations = getattr(getattr(mapper, "augmentations", None), "augs", [])

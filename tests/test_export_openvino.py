@@ -1,0 +1,211 @@
+"""OpenVINO export and INT8 post-training quantization of the tiny trained Mask R-CNN.
+
+The OpenVINO IR must give eager's detections within the ONNX test's tolerance; bfloat16 and INT8 must keep the
+float32 export's confident detections (same class, boxes and masks overlapping; bounds below); quantizing must
+leave the float32 files as they are; bad requests are refused by name before anything is exported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.structures import Boxes, pairwise_iou
+from test_export import (
+    OTHER_SIZES,
+    _tiny_model,
+    assert_same_detections,
+    random_image,
+    reference,
+    run_export_tool,
+)
+from torch import Tensor, nn
+
+from d2_maskext.export import ExportedMaskRCNN, Prediction
+from d2_maskext.export.runtime import read_image
+
+openvino = pytest.importorskip("openvino", reason="the optional 'export' extra is not installed")
+pytest.importorskip("nncf", reason="the optional 'export' extra is not installed")
+
+CALIBRATION = ("--quantize", "int8", "--calibration-dataset", "maskext_synth_tiny_train", "--calibration-images", "4")
+# Detections of the float32 export scoring at least this are the ones reduced precision must keep.
+CONFIDENT = 0.5
+# Bounds for bfloat16 and INT8 against float32 on the 14 confident detections of 8 tiny training images (the
+# tiny model is confident on few val images). Measured (2-core AMD EPYC, AVX512-BF16): INT8 mean box IoU 0.98
+# (onnxruntime) and 0.97 (OpenVINO), mean mask IoU 0.98 and 0.96, the worst single match 0.75; bfloat16
+# means 0.996 and 0.989. The means must stay at or above 0.9 and every match at or above 0.5, which still fails a
+# drifted graph (the NNCF calibration that broke the mask head gives mask IoU 0).
+MIN_MEAN_IOU, MIN_IOU, MIN_MATCHES = 0.9, 0.5, 8
+
+
+@pytest.fixture(scope="module")
+def trained_model(tiny_trained_weights: Path) -> nn.Module:
+    model = _tiny_model()
+    model.load_state_dict(torch.load(tiny_trained_weights, map_location="cpu")["model"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_trained_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """ONNX without and with INT8, OpenVINO with INT8: float32 and INT8 model files, exported once."""
+    root = tmp_path_factory.mktemp("exports")
+    plain = run_export_tool(tiny_trained_weights, root / "onnx_plain", "onnx")
+    onnx = run_export_tool(tiny_trained_weights, root / "onnx", "onnx", *CALIBRATION)
+    xml = run_export_tool(tiny_trained_weights, root / "openvino", "openvino", *CALIBRATION)
+    return {"onnx plain": plain, "onnx": onnx, "openvino": xml,
+            "onnx int8": onnx.with_name("model.int8.onnx"), "openvino int8": xml.with_name("model.int8.xml")}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def train_images() -> list[np.ndarray]:
+    return [read_image(record["file_name"]) for record in DatasetCatalog.get("maskext_synth_tiny_train")[:8]]
+
+
+def matched_ious(got: list[Prediction], want: list[Prediction]) -> tuple[Tensor, Tensor]:
+    """Box IoUs and mask IoUs of the confident detections of ``want``, each matched to the detection of ``got``
+    of the same class with the highest box IoU (0 where ``got`` has none of that class)."""
+    box_ious, mask_ious = [], []
+    for g, w in zip(got, want):
+        confident = w.scores >= CONFIDENT
+        iou = pairwise_iou(Boxes(w.boxes[confident]), Boxes(g.boxes))
+        iou[w.classes[confident][:, None] != g.classes[None, :]] = 0
+        for mask, row in zip(w.masks[confident], iou):
+            j = int(row.argmax()) if row.numel() and row.max() > 0 else None
+            box_ious.append(float(row[j]) if j is not None else 0.0)
+            union = (mask | g.masks[j]).sum() if j is not None else 0
+            mask_ious.append(float((mask & g.masks[j]).sum() / union) if union else float(j is not None))
+    return torch.tensor(box_ious), torch.tensor(mask_ious)
+
+
+def assert_close_detections(got: list[Prediction], want: list[Prediction]) -> None:
+    box_ious, mask_ious = matched_ious(got, want)
+    assert len(box_ious) >= MIN_MATCHES, "the tiny trained model should be confident on its training images"
+    for ious in (box_ious, mask_ious):
+        assert ious.mean() >= MIN_MEAN_IOU and ious.min() >= MIN_IOU, (box_ious, mask_ious)
+
+
+def predictions(path: Path, images: list[np.ndarray], precision: str = "float32") -> list[Prediction]:
+    runtime = ExportedMaskRCNN(path, num_threads=1, precision=precision)
+    return [runtime.predict(image) for image in images]
+
+
+# ------------------------------------------------------------------------------------------ float32
+@pytest.mark.slow
+def test_openvino_matches_pytorch_on_other_sizes(exports: dict[str, Path], trained_model: nn.Module):
+    path = exports["openvino"]
+    assert path.with_suffix(".bin").is_file()
+    metadata = json.loads(path.with_suffix(".json").read_text())
+    assert metadata["format"] == "openvino" and metadata["model_file"] == "model.xml"
+    exported = ExportedMaskRCNN(path)
+    for size in OTHER_SIZES:
+        image = random_image(*size)
+        assert_same_detections(exported(image), reference(trained_model, image))
+
+
+@pytest.mark.slow
+def test_quantizing_leaves_the_float32_export_alone(exports: dict[str, Path]):
+    """The same float32 files with and without --quantize; the INT8 model has its own file and JSON."""
+    plain, quantized = exports["onnx plain"], exports["onnx"]
+    assert sorted(p.name for p in plain.parent.iterdir()) == ["model.json", "model.onnx"]
+    assert sorted(p.name for p in quantized.parent.iterdir()) == [
+        "model.int8.json", "model.int8.onnx", "model.json", "model.onnx"
+    ]  # fmt: skip
+    assert plain.read_bytes() == quantized.read_bytes()
+    assert plain.with_suffix(".json").read_text() == quantized.with_suffix(".json").read_text()
+    metadata = json.loads(exports["onnx int8"].with_suffix(".json").read_text())
+    assert metadata["model_file"] == "model.int8.onnx"
+    assert metadata["quantization"]["calibration_images"] == 4
+    assert "roi_heads.mask_head.predictor" in metadata["quantization"]["float_layers"]
+
+
+# -------------------------------------------------------------------------------- reduced precision
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_int8_keeps_the_float32_detections(runtime: str, exports: dict[str, Path], train_images: list[np.ndarray]):
+    assert_close_detections(
+        predictions(exports[f"{runtime} int8"], train_images), predictions(exports[runtime], train_images)
+    )
+
+
+@pytest.mark.slow
+def test_openvino_bfloat16_keeps_the_float32_detections(exports: dict[str, Path], train_images: list[np.ndarray]):
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(ValueError, match="does not compute in bfloat16"):
+            ExportedMaskRCNN(exports["openvino"], precision="bfloat16")
+        pytest.skip("this CPU does not compute in bfloat16 (OpenVINO lists no BF16); checked that it is refused")
+    assert_close_detections(
+        predictions(exports["openvino"], train_images, "bfloat16"), predictions(exports["openvino"], train_images)
+    )
+
+
+@pytest.mark.slow
+def test_openvino_runtime_needs_no_detectron2(exports: dict[str, Path]):
+    """A fresh process runs the IR through the runtime loaded by path, with OpenVINO and torch only."""
+    runtime_file = Path(__file__).resolve().parents[1] / "d2_maskext" / "export" / "runtime.py"
+    script = f"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("runtime", {str(runtime_file)!r})
+runtime = sys.modules["runtime"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(runtime)
+image = runtime.read_image({DatasetCatalog.get("maskext_synth_tiny_val")[0]["file_name"]!r})
+prediction = runtime.ExportedMaskRCNN({str(exports["openvino int8"])!r}).predict(image)
+modules = [name for name in ("detectron2", "d2_maskext") if name in sys.modules]
+print(json.dumps({{"instances": len(prediction.scores), "modules": modules}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["modules"] == [] and report["instances"] > 0
+
+
+# ------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    ("flags", "opts", "message"),
+    [
+        (("--quantize", "int8"), (), "needs --calibration-dataset NAME"),
+        (CALIBRATION, ("MODEL.ROI_HEADS.NUM_CLASSES", "3"), "'maskext_synth_tiny_train' has 5 classes but the model predicts 3"),
+        (("--quantize", "int8", "--calibration-dataset", "nowhere"), (), "calibration dataset 'nowhere' is not registered"),
+        (("--quantize", "int8", "--calibration-dataset", "maskext_synth_tiny_train", "--calibration-images", "0"), (),
+         "--calibration-images must be at least 1"),
+    ],
+)  # fmt: skip
+def test_bad_quantization_requests_are_refused(flags: tuple, opts: tuple, message: str, tiny_random_weights: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match=message):
+        run_export_tool(tiny_random_weights, tmp_path, "openvino", *flags, opts=opts)
+    assert not any(tmp_path.iterdir()), "refused before anything was written"
+
+
+def test_int8_of_a_torch_format_is_refused(tiny_random_weights: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="--quantize int8 is offered for --format onnx or openvino, not torchscript"):
+        run_export_tool(tiny_random_weights, tmp_path, "torchscript", *CALIBRATION)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "missing", "message"),
+    [("openvino", "openvino", "--format openvino needs the openvino package: pip install -r requirements-export.txt"),
+     ("openvino", "nncf", "--quantize int8 --format openvino needs nncf and openvino: pip install -r requirements-export")],
+)  # fmt: skip
+def test_missing_openvino_or_nncf_is_named(
+    fmt: str, missing: str, message: str, tiny_random_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setitem(sys.modules, missing, None)  # makes ``import <missing>`` raise ImportError
+    flags = CALIBRATION if missing == "nncf" else ()
+    with pytest.raises(ImportError, match=message):
+        run_export_tool(tiny_random_weights, tmp_path, fmt, *flags)
+    assert not (tmp_path / "model.xml").exists()
+
+
+def test_runtime_refuses_precisions_it_does_not_offer(tmp_path: Path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"")
+    model.with_suffix(".json").write_text(json.dumps({"format": "onnx", "custom_ops": []}))
+    with pytest.raises(ValueError, match="precision 'bfloat16' is offered for OpenVINO IRs only; onnx runs float32"):
+        ExportedMaskRCNN(model, precision="bfloat16")
+    with pytest.raises(ValueError, match="unknown precision 'float16'"):
+        ExportedMaskRCNN(model, precision="float16")

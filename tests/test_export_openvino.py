@@ -7,7 +7,9 @@ leave the float32 files as they are; bad requests are refused by name before any
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +29,14 @@ from test_export import (
 )
 from torch import Tensor, nn
 
-from d2_maskext.export import ExportedMaskRCNN, Prediction
+from d2_maskext.export import ExportedMaskRCNN, InputRules, Prediction
+from d2_maskext.export.quantization import (
+    KEEP_FLOAT,
+    CalibrationImages,
+    QuantizationRequest,
+    calibration_images,
+    quantize_export,
+)
 from d2_maskext.export.runtime import read_image
 
 openvino = pytest.importorskip("openvino", reason="the optional 'export' extra is not installed")
@@ -53,12 +62,17 @@ def trained_model(tiny_trained_weights: Path) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def exports(tiny_trained_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """ONNX without and with INT8, OpenVINO with INT8: float32 and INT8 model files, exported once."""
+    """ONNX and OpenVINO, float32 and INT8, exported once. The ONNX export is copied before it is quantized
+    (as ``--quantize`` does it, after the float32 export) so that a test can compare the float32 files."""
     root = tmp_path_factory.mktemp("exports")
-    plain = run_export_tool(tiny_trained_weights, root / "onnx_plain", "onnx")
-    onnx = run_export_tool(tiny_trained_weights, root / "onnx", "onnx", *CALIBRATION)
+    onnx = run_export_tool(tiny_trained_weights, root / "onnx", "onnx")
+    shutil.copytree(onnx.parent, root / "onnx_before_quantizing")
+    metadata = json.loads(onnx.with_suffix(".json").read_text())
+    rules = InputRules(**{f.name: metadata["input"][f.name] for f in dataclasses.fields(InputRules)})
+    request = QuantizationRequest("maskext_synth_tiny_train", 4)
+    quantize_export(onnx, calibration_images("onnx", request, len(metadata["class_names"])), rules, request)
     xml = run_export_tool(tiny_trained_weights, root / "openvino", "openvino", *CALIBRATION)
-    return {"onnx plain": plain, "onnx": onnx, "openvino": xml,
+    return {"onnx before quantizing": root / "onnx_before_quantizing" / "model.onnx", "onnx": onnx, "openvino": xml,
             "onnx int8": onnx.with_name("model.int8.onnx"), "openvino int8": xml.with_name("model.int8.xml")}  # fmt: skip
 
 
@@ -110,8 +124,8 @@ def test_openvino_matches_pytorch_on_other_sizes(exports: dict[str, Path], train
 
 @pytest.mark.slow
 def test_quantizing_leaves_the_float32_export_alone(exports: dict[str, Path]):
-    """The same float32 files with and without --quantize; the INT8 model has its own file and JSON."""
-    plain, quantized = exports["onnx plain"], exports["onnx"]
+    """The float32 files stay as exported, byte for byte; the INT8 model has its own file and JSON."""
+    plain, quantized = exports["onnx before quantizing"], exports["onnx"]
     assert sorted(p.name for p in plain.parent.iterdir()) == ["model.json", "model.onnx"]
     assert sorted(p.name for p in quantized.parent.iterdir()) == [
         "model.int8.json", "model.int8.onnx", "model.json", "model.onnx"
@@ -121,7 +135,10 @@ def test_quantizing_leaves_the_float32_export_alone(exports: dict[str, Path]):
     metadata = json.loads(exports["onnx int8"].with_suffix(".json").read_text())
     assert metadata["model_file"] == "model.int8.onnx"
     assert metadata["quantization"]["calibration_images"] == 4
-    assert "roi_heads.mask_head.predictor" in metadata["quantization"]["float_layers"]
+    assert metadata["quantization"]["float_layers"] == list(KEEP_FLOAT["onnx"])
+    ov_metadata = json.loads(exports["openvino int8"].with_suffix(".json").read_text())
+    assert ov_metadata["quantization"]["float_layers"] == list(KEEP_FLOAT["openvino"])
+    assert exports["openvino int8"].with_suffix(".bin").is_file()
 
 
 # -------------------------------------------------------------------------------- reduced precision
@@ -209,3 +226,10 @@ def test_runtime_refuses_precisions_it_does_not_offer(tmp_path: Path):
         ExportedMaskRCNN(model, precision="bfloat16")
     with pytest.raises(ValueError, match="unknown precision 'float16'"):
         ExportedMaskRCNN(model, precision="float16")
+
+
+def test_unreadable_calibration_image_is_named(tmp_path: Path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    with pytest.raises(ValueError, match=r"calibration image 0: .*broken.jpg: cannot read the image"):
+        list(CalibrationImages([str(broken)], InputRules(128, 128, 32, 65)))

@@ -1,12 +1,12 @@
 """INT8 post-training quantization of an ONNX or OpenVINO export, calibrated on images of a registered dataset.
 
-Only the convolutions and fully connected layers are quantized, in both runtimes: their default op lists also
-round the box arithmetic (NNCF quantized the box areas that pick the FPN level and the boxes the mask pooler
-reads, which took the demo's mask AP to 0). ONNX: onnxruntime's ``quantize_static`` in QDQ form (uint8
-activations, per-channel int8 weights). OpenVINO: NNCF's ``nncf.quantize`` on the IR, every other op type in
-its ``ignored_scope``.
-The layers under :data:`KEEP_FLOAT` stay float (docs/export.md gives the measurements behind the choice). Calibration images go through the runtime's own preprocessing (``runtime.model_input``), so the
-ranges are those the deployed model sees. The INT8 model is written next to the float32 one
+Only the convolutions and fully connected layers are quantized, in both runtimes: the tools' default op lists
+go further (NNCF's quantized the box areas that pick the FPN level and the boxes the mask pooler reads, which
+took the demo's mask AP to 0). ONNX: onnxruntime's ``quantize_static`` in QDQ form (uint8 activations,
+per-channel int8 weights). OpenVINO: NNCF's ``nncf.quantize`` on the IR, every other op type in its
+``ignored_scope``. The layers under :data:`KEEP_FLOAT` stay float (docs/export.md gives the measurements).
+Calibration images go through the runtime's own preprocessing (``runtime.model_input``), so the ranges are
+those the deployed model sees. The INT8 model is written next to the float32 one
 (``model.int8.onnx`` / ``model.int8.xml``) with its own JSON; the float32 files are not touched.
 """
 
@@ -129,8 +129,12 @@ class CalibrationImages:
         return len(self.files)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for file in tqdm(self.files, desc="calibration", unit="img"):
-            yield model_input(read_image(file), self.rules.min_size_test, self.rules.max_size_test).numpy()
+        for index, file in enumerate(tqdm(self.files, desc="calibration", unit="img")):
+            try:
+                bgr = read_image(file)
+            except ValueError as exc:
+                raise ValueError(f"calibration image {index}: {exc}") from exc
+            yield model_input(bgr, self.rules.min_size_test, self.rules.max_size_test).numpy()
 
 
 def _check_all_matched(prefixes: Sequence[str], matched: dict[str, list[str]], path: Path) -> None:

@@ -7,6 +7,9 @@ the same mosaic ground truth with pycocotools (``coco_metrics``), up to ``--max-
 
   * per-image (ceiling): ``DefaultPredictor`` on each 256 px val image, results moved into mosaic pixels;
   * downscaled: ``DefaultPredictor`` (stock) on the whole mosaic, resized to INPUT.MIN/MAX_SIZE_TEST;
+  * whole mosaic, native size: ``DefaultPredictor`` on the whole mosaic with no resize and no tiling, proposal
+    and detection caps scaled with the area: what the model finds in the mosaic itself, seams between unrelated
+    images included, with nothing cut (the reference for what tiling loses by cutting and merging);
   * SAHI default: ``get_sliced_prediction`` of ``sahi.models.detectron2.Detectron2DetectionModel`` with its
     defaults (a full-image pass added; with the model's 0.05 score threshold SAHI switches itself to NMS/IoU);
   * SAHI GREEDYNMM/IOS: the same, with its greedy merge forced (``force_postprocess_type``);
@@ -41,7 +44,7 @@ CONFIG = REPO / "configs" / "synthetic" / "mask_rcnn_R18_FPN_GN_demo.yaml"
 WEIGHTS = REPO / "output" / "demo" / "model_final.pth"
 SAHI_INSTALL = "pip install --no-deps sahi==0.12.8 && pip install -r benchmarks/requirements-bench.txt"
 ROWS = (
-    "per-image (ceiling)", "downscaled (stock)", "SAHI default", "SAHI GREEDYNMM/IOS", "plugin tiling",
+    "per-image (ceiling)", "downscaled (stock)", "whole mosaic, native size", "SAHI default", "SAHI GREEDYNMM/IOS", "plugin tiling",
     "plugin tiling, fast settings",
 )
 FAST_OPTS = ("MODEL.MASKEXT.PRECISION", "bfloat16", "MODEL.MASKEXT.CHANNELS_LAST", True)
@@ -128,6 +131,18 @@ def run_row(args: argparse.Namespace) -> None:
                 results += _instances_results(instances, image["id"], offset, (image["height"], image["width"]))
     elif args.row == "downscaled (stock)":
         predictor = DefaultPredictor(_cfg(args))
+        start = time.perf_counter()
+        for image in coco["images"]:
+            instances = predictor(cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"])))["instances"]
+            results += _instances_results(instances, image["id"])
+    elif args.row == "whole mosaic, native size":
+        cells = coco["info"]["grid"][0] * coco["info"]["grid"][1]  # val images per mosaic, each run at its own size
+        rpn = _cfg(args).MODEL.RPN
+        caps = {key: rpn[key] * cells for key in ("PRE_NMS_TOPK_TEST", "POST_NMS_TOPK_TEST")}
+        predictor = DefaultPredictor(_cfg(
+            args, "INPUT.MIN_SIZE_TEST", 0, "TEST.DETECTIONS_PER_IMAGE", args.max_dets,
+            *(item for key, value in caps.items() for item in (f"MODEL.RPN.{key}", value)),
+        ))
         start = time.perf_counter()
         for image in coco["images"]:
             instances = predictor(cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"])))["instances"]

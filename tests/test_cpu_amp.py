@@ -1,7 +1,12 @@
-"""SOLVER.AMP.ENABLED on a CPU model trains under bfloat16 autocast; weights and inference stay float32."""
+"""SOLVER.AMP.ENABLED on a CPU model trains under bfloat16 autocast; weights and inference stay float32; a CPU
+without native bfloat16 trains in float32 instead.
+
+The autocast tests run on every CPU: they declare native bfloat16 (emulated bfloat16 computes the same, slowly).
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -12,6 +17,12 @@ from helpers.train_net_runner import REPO, tiny_cfg
 
 from d2_maskext.engine import Trainer
 from d2_maskext.engine.cpu_amp import CPUAutocastTrainer
+from d2_maskext.modeling import precision
+
+
+@pytest.fixture
+def native_bfloat16(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_supports_fast_bfloat16", lambda: True)
 
 
 def _record_stem_output_dtypes(model: torch.nn.Module) -> list[torch.dtype]:
@@ -22,7 +33,7 @@ def _record_stem_output_dtypes(model: torch.nn.Module) -> list[torch.dtype]:
 
 
 @pytest.mark.slow
-def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights(tmp_path):
+def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights(tmp_path, native_bfloat16):
     trainer = Trainer(tiny_cfg(tmp_path, "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "2"))
     assert type(trainer._trainer) is CPUAutocastTrainer
     dtypes = _record_stem_output_dtypes(trainer.model)
@@ -48,12 +59,21 @@ def test_amp_disabled_keeps_detectron2_loop(tmp_path):
     assert type(trainer._trainer) is SimpleTrainer
 
 
+def test_amp_on_a_cpu_without_native_bfloat16_trains_in_float32_and_says_so(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(precision, "cpu_supports_fast_bfloat16", lambda: False)
+    monkeypatch.setattr(precision, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger=precision.__name__):
+        trainer = Trainer(tiny_cfg(tmp_path, "SOLVER.AMP.ENABLED", "True"))
+    assert type(trainer._trainer) is SimpleTrainer
+    assert any("training in float32 instead" in r.getMessage() for r in caplog.records)
+
+
 VARIANTS = sorted((REPO / "configs" / "synthetic" / "variants").glob("*.yaml"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", VARIANTS, ids=lambda p: p.stem)
-def test_every_head_variant_trains_under_bfloat16_autocast(tmp_path, config: Path):
+def test_every_head_variant_trains_under_bfloat16_autocast(tmp_path, config: Path, native_bfloat16):
     cfg = tiny_cfg(tmp_path, "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "1", config=config)
     trainer = Trainer(cfg)
     trainer.train()

@@ -64,13 +64,14 @@ def test_training_dtype_model_precision_wins_over_amp(monkeypatch, model_dtype, 
     assert precision.training_dtype(ComputeSettings(False, model_dtype), amp, device_type) == expected
 
 
-def test_amp_on_cpu_without_native_bfloat16_warns_once(monkeypatch, fresh_warnings, caplog):
+def test_amp_on_cpu_without_native_bfloat16_runs_float32_and_warns_once(monkeypatch, fresh_warnings, caplog):
     monkeypatch.setattr(precision, "cpu_supports_fast_bfloat16", lambda: False)
     with caplog.at_level(logging.WARNING, logger=precision.__name__):
-        assert precision.amp_autocast_dtype("cpu") == precision.amp_autocast_dtype("cpu") == torch.bfloat16
+        assert precision.amp_autocast_dtype("cpu") is precision.amp_autocast_dtype("cpu") is None
+        assert precision.training_dtype(ComputeSettings(), amp=True, device_type="cpu") == torch.float32
     assert [r.getMessage() for r in caplog.records] == [
-        "SOLVER.AMP.ENABLED on a CPU without native bfloat16 (AVX512-BF16/AMX): training is correct but likely "
-        "slower than float32; set SOLVER.AMP.ENABLED False."
+        "SOLVER.AMP.ENABLED: this CPU has no native bfloat16 (AVX512-BF16/AMX), where bfloat16 autocast is many "
+        "times slower than float32; training in float32 instead."
     ]
 
 

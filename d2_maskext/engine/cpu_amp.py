@@ -14,12 +14,13 @@ import time
 import torch
 from detectron2.engine import SimpleTrainer
 
-from ..modeling.precision import amp_autocast_dtype, prepare_for_autocast
+from ..modeling.precision import prepare_for_autocast
 
 
 class CPUAutocastTrainer(SimpleTrainer):
     """``SimpleTrainer`` whose forward pass and losses run under CPU autocast, in the dtype
-    :func:`~d2_maskext.modeling.precision.amp_autocast_dtype` decides (bfloat16).
+    bfloat16. The trainers pick this loop only where
+    :func:`~d2_maskext.modeling.precision.amp_autocast_dtype` says bfloat16 (a CPU that runs it natively).
 
     Backward and the optimizer step run outside autocast, as PyTorch recommends; autograd computes each
     gradient in the dtype its forward op used.
@@ -28,7 +29,7 @@ class CPUAutocastTrainer(SimpleTrainer):
     def __init__(self, model: torch.nn.Module, data_loader, optimizer: torch.optim.Optimizer) -> None:
         super().__init__(model, data_loader, optimizer)
         prepare_for_autocast(model)
-        self.autocast_dtype = amp_autocast_dtype("cpu")
+        self.autocast_dtype = torch.bfloat16
 
     def run_step(self) -> None:
         if not self.model.training:

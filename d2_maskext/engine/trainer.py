@@ -30,7 +30,7 @@ from ..checkpoint import SafeCheckpointer
 from ..data.mappers import MaskExtDatasetMapper, build_mapper
 from ..evaluation import build_evaluator
 from ..modeling.meta_arch import MaskExtRCNN
-from ..modeling.precision import ComputeSettings, amp_enabled, training_dtype
+from ..modeling.precision import ComputeSettings, amp_autocast_dtype, amp_enabled, training_dtype
 from .best_checkpoint import TrainingStopped
 from .cpu_amp import CPUAutocastTrainer
 from .hooks import OptimizerStepCounter
@@ -49,7 +49,8 @@ def ddp_device_ids(model: nn.Module) -> list[int] | None:
 
 
 def training_loop_class(amp: bool, model: nn.Module) -> type[SimpleTrainer]:
-    """Detectron2's loops, plus bfloat16 autocast when AMP (:func:`amp_enabled`) is asked for on a CPU model.
+    """Detectron2's loops, plus bfloat16 autocast when AMP (:func:`amp_enabled`) is asked for on a CPU model
+    whose CPU runs bfloat16 natively (:func:`amp_autocast_dtype`; float32 elsewhere, with one warning).
 
     ``MaskExtRCNN`` applies its own precision inside the model; :func:`training_dtype` says what runs and
     refuses float16 without the gradient scaler of Detectron2's ``AMPTrainer``.
@@ -57,9 +58,9 @@ def training_loop_class(amp: bool, model: nn.Module) -> type[SimpleTrainer]:
     network = getattr(model, "module", model)  # unwrapped from DistributedDataParallel
     settings = network.compute_settings if isinstance(network, MaskExtRCNN) else ComputeSettings()
     training_dtype(settings, amp, "cuda" if _is_cuda_model(model) else "cpu")
-    if not amp:
-        return SimpleTrainer
-    return AMPTrainer if _is_cuda_model(model) else CPUAutocastTrainer
+    if _is_cuda_model(model):
+        return AMPTrainer if amp else SimpleTrainer
+    return CPUAutocastTrainer if amp and amp_autocast_dtype("cpu") is not None else SimpleTrainer
 
 
 class Trainer(DefaultTrainer):

@@ -22,6 +22,8 @@ from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, Bottlenec
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..utils.cpu_features import cpu_supports_fast_bfloat16
+
 __all__ = ["FusedConv2d", "fuse_convolutions"]
 
 # Packed weights live beside the modules, not in them: they are oneDNN tensors that cannot be copied or
@@ -45,7 +47,9 @@ def _fused_compute_dtype(x: Tensor) -> torch.dtype | None:
     ):
         return None
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    return dtype if dtype in (torch.float32, torch.bfloat16) else None
+    if dtype == torch.bfloat16:  # oneDNN's bfloat16 weight reorder needs AVX512 or AVX-NE-CONVERT
+        return dtype if cpu_supports_fast_bfloat16() else None
+    return dtype if dtype == torch.float32 else None
 
 
 class FusedConv2d(Conv2d):

@@ -43,13 +43,16 @@ openvino = pytest.importorskip("openvino", reason="the optional 'export' extra i
 pytest.importorskip("nncf", reason="the optional 'export' extra is not installed")
 
 CALIBRATION = ("--quantize", "int8", "--calibration-dataset", "maskext_synth_tiny_train", "--calibration-images", "4")
-# Detections of the float32 export scoring at least this are the ones reduced precision must keep.
-CONFIDENT = 0.5
-# Bounds for bfloat16 and INT8 against float32 on the 14 confident detections of 8 tiny training images (the
-# tiny model is confident on few val images). Measured (2-core AMD EPYC, AVX512-BF16): INT8 mean box IoU 0.98
-# (onnxruntime) and 0.97 (OpenVINO), mean mask IoU 0.98 and 0.96, the worst single match 0.75; bfloat16
-# means 0.996 and 0.989. The means must stay at or above 0.9 and every match at or above 0.5, which still fails a
-# drifted graph (the NNCF calibration that broke the mask head gives mask IoU 0).
+# Reduced precision must keep the float32 export's surest detections: the TOP_DETECTIONS best of each image scoring
+# at least MIN_SCORE. Ranked rather than cut at a fixed score, because how confident 300 iterations make the tiny
+# model depends on the CPU it trained on (top scores 0.5-0.9 on an AVX512 EPYC, 0.3-0.5 on an AVX2-only one).
+TOP_DETECTIONS, MIN_SCORE = 2, 0.2
+# Bounds for bfloat16 and INT8 against float32 on those detections of 8 tiny training images. Measured with a
+# 0.5 score cut (2-core AMD EPYC, AVX512-BF16): INT8 mean box IoU 0.98 (onnxruntime) and 0.97 (OpenVINO), mean
+# mask IoU 0.98 and 0.96, the worst single match 0.75; bfloat16 means 0.996 and 0.989. Ranked, top 2 of each image (AVX2-only EPYC, 16 detections): INT8 mean box IoU 0.99
+# (onnxruntime) and 0.96 (OpenVINO), mean mask IoU 0.97 and 0.96, the worst single match 0.59. The means must
+# stay at or above 0.9 and every match at or above 0.5, which still fails a drifted graph (the NNCF calibration
+# that broke the mask head gives mask IoU 0).
 MIN_MEAN_IOU, MIN_IOU, MIN_MATCHES = 0.9, 0.5, 8
 
 
@@ -82,11 +85,12 @@ def train_images() -> list[np.ndarray]:
 
 
 def matched_ious(got: list[Prediction], want: list[Prediction]) -> tuple[Tensor, Tensor]:
-    """Box IoUs and mask IoUs of the confident detections of ``want``, each matched to the detection of ``got``
+    """Box IoUs and mask IoUs of the surest detections of ``want``, each matched to the detection of ``got``
     of the same class with the highest box IoU (0 where ``got`` has none of that class)."""
     box_ious, mask_ious = [], []
     for g, w in zip(got, want):
-        confident = w.scores >= CONFIDENT
+        confident = w.scores.argsort(descending=True)[:TOP_DETECTIONS]
+        confident = confident[w.scores[confident] >= MIN_SCORE]
         iou = pairwise_iou(Boxes(w.boxes[confident]), Boxes(g.boxes))
         iou[w.classes[confident][:, None] != g.classes[None, :]] = 0
         for mask, row in zip(w.masks[confident], iou):
@@ -99,7 +103,7 @@ def matched_ious(got: list[Prediction], want: list[Prediction]) -> tuple[Tensor,
 
 def assert_close_detections(got: list[Prediction], want: list[Prediction]) -> None:
     box_ious, mask_ious = matched_ious(got, want)
-    assert len(box_ious) >= MIN_MATCHES, "the tiny trained model should be confident on its training images"
+    assert len(box_ious) >= MIN_MATCHES, "the tiny trained model should detect objects on its training images"
     for ious in (box_ious, mask_ious):
         assert ious.mean() >= MIN_MEAN_IOU and ious.min() >= MIN_IOU, (box_ious, mask_ious)
 

@@ -74,7 +74,7 @@ def tiny_random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_trained_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Weights of the tiny model trained to confident detections, trained once for the whole run."""
+    """Weights of the tiny model trained to detect its objects (top scores 0.3 or more), trained once per run."""
     from helpers.tiny_models import train_tiny
 
     return _built_once(tmp_path_factory, "tiny_trained", train_tiny)

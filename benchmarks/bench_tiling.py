@@ -7,9 +7,9 @@ the same mosaic ground truth with pycocotools (``coco_metrics``), up to ``--max-
 
   * per-image (ceiling): ``DefaultPredictor`` on each 256 px val image, results moved into mosaic pixels;
   * downscaled: ``DefaultPredictor`` (stock) on the whole mosaic, resized to INPUT.MIN/MAX_SIZE_TEST;
-  * whole mosaic, native size: ``DefaultPredictor`` on the whole mosaic with no resize and no tiling, proposal
-    and detection caps scaled with the area: what the model finds in the mosaic itself, seams between unrelated
-    images included, with nothing cut (the reference for what tiling loses by cutting and merging);
+  * whole mosaic, native size: the whole mosaic as one tile at native size (nothing cut or merged, masks as RLE),
+    proposal and detection caps scaled with the area: what the model finds in the mosaic itself, seams between
+    unrelated images included (the reference for what tiling loses by cutting and merging);
   * SAHI default: ``get_sliced_prediction`` of ``sahi.models.detectron2.Detectron2DetectionModel`` with its
     defaults (a full-image pass added; with the model's 0.05 score threshold SAHI switches itself to NMS/IoU);
   * SAHI GREEDYNMM/IOS: the same, with its greedy merge forced (``force_postprocess_type``);
@@ -136,12 +136,14 @@ def run_row(args: argparse.Namespace) -> None:
             instances = predictor(cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"])))["instances"]
             results += _instances_results(instances, image["id"])
     elif args.row == "whole mosaic, native size":
-        cells = coco["info"]["grid"][0] * coco["info"]["grid"][1]  # val images per mosaic, each run at its own size
+        # One tile as large as the mosaic: nothing is cut or merged, and masks stay compact (RLE) where full-image
+        # masks of 3,200 detections would take 13 GB.
+        grid = coco["info"]["grid"]
         rpn = _cfg(args).MODEL.RPN
-        caps = {key: rpn[key] * cells for key in ("PRE_NMS_TOPK_TEST", "POST_NMS_TOPK_TEST")}
+        caps = {key: rpn[key] * grid[0] * grid[1] for key in ("PRE_NMS_TOPK_TEST", "POST_NMS_TOPK_TEST")}
         predictor = DefaultPredictor(_cfg(
-            args, "INPUT.MIN_SIZE_TEST", 0, "TEST.DETECTIONS_PER_IMAGE", args.max_dets,
-            *(item for key, value in caps.items() for item in (f"MODEL.RPN.{key}", value)),
+            args, *_tiling_opts(args, args.max_dets, max(grid) * spec.image_size), "TEST.DETECTIONS_PER_IMAGE",
+            args.max_dets, *(item for key, value in caps.items() for item in (f"MODEL.RPN.{key}", value)),
         ))
         start = time.perf_counter()
         for image in coco["images"]:

@@ -18,9 +18,9 @@ from ..modeling.precision import prepare_for_autocast
 
 
 class CPUAutocastTrainer(SimpleTrainer):
-    """``SimpleTrainer`` whose forward pass and losses run under CPU autocast, in the dtype
-    bfloat16. The trainers pick this loop only where
-    :func:`~d2_maskext.modeling.precision.amp_autocast_dtype` says bfloat16 (a CPU that runs it natively).
+    """``SimpleTrainer`` whose forward pass and losses run under CPU bfloat16 autocast. The trainers pick this
+    loop only where :func:`~d2_maskext.modeling.precision.amp_autocast_dtype` says bfloat16 (a CPU that runs
+    it natively).
 
     Backward and the optimizer step run outside autocast, as PyTorch recommends; autograd computes each
     gradient in the dtype its forward op used.

@@ -94,6 +94,17 @@ def _instances_results(instances, image_id: int, offset: tuple[int, int] = (0, 0
     return out
 
 
+def _predict_mosaics(predictor, args: argparse.Namespace, coco: dict) -> list[dict]:
+    """COCO results of ``predictor`` on each whole mosaic image of the ground truth ``coco``."""
+    import cv2
+
+    results = []
+    for image in coco["images"]:
+        instances = predictor(cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"])))["instances"]
+        results += _instances_results(instances, image["id"])
+    return results
+
+
 def run_row(args: argparse.Namespace) -> None:
     """One row, in this (child) process: writes its COCO results and inference wall time to ``args.out``."""
     import cv2
@@ -132,9 +143,7 @@ def run_row(args: argparse.Namespace) -> None:
     elif args.row == "downscaled (stock)":
         predictor = DefaultPredictor(_cfg(args))
         start = time.perf_counter()
-        for image in coco["images"]:
-            instances = predictor(cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"])))["instances"]
-            results += _instances_results(instances, image["id"])
+        results = _predict_mosaics(predictor, args, coco)
     elif args.row == "whole mosaic, native size":
         # One tile as large as the mosaic: nothing is cut or merged, and masks stay compact (RLE) where full-image
         # masks of 3,200 detections would take 13 GB.
@@ -146,16 +155,12 @@ def run_row(args: argparse.Namespace) -> None:
             args.max_dets, *(item for key, value in caps.items() for item in (f"MODEL.RPN.{key}", value)),
         ))
         start = time.perf_counter()
-        for image in coco["images"]:
-            instances = predictor(cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"])))["instances"]
-            results += _instances_results(instances, image["id"])
+        results = _predict_mosaics(predictor, args, coco)
     elif args.row.startswith("plugin tiling"):
         fast = FAST_OPTS if args.row == "plugin tiling, fast settings" else ()
         predictor = DefaultPredictor(_cfg(args, *_tiling_opts(args, args.max_dets, args.tile), *fast))
         start = time.perf_counter()
-        for image in coco["images"]:
-            instances = predictor(cv2.imread(str(Path(args.gt).parent / "images" / image["file_name"])))["instances"]
-            results += _instances_results(instances, image["id"])
+        results = _predict_mosaics(predictor, args, coco)
     elif args.row == "merge ablation":
         from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.modeling import build_model

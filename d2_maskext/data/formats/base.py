@@ -172,6 +172,11 @@ def checked_image_size(path: Path, problems: ProblemLog) -> tuple[int, int] | No
         return None
 
 
+def declared_class_names(source: DatasetSource) -> list[str] | None:
+    """The class names the declaration gives (``thing_classes``), or None where the format finds its own."""
+    return read_class_names(source.thing_classes) if source.thing_classes is not None else None
+
+
 def read_class_names(thing_classes: tuple[str, ...] | Path) -> list[str]:
     """Class names from a sequence, a text file (one per line) or a YAML file with ``names`` (list or {id: name})."""
     if not isinstance(thing_classes, Path):

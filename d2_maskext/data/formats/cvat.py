@@ -27,9 +27,9 @@ from .base import (
     NamedCategories,
     clean_polygons,
     dataset_format,
+    declared_class_names,
     mask_annotation,
     polygon_annotation,
-    read_class_names,
     resolve_inside_root,
 )
 from .problems import ProblemLog
@@ -45,7 +45,7 @@ def load_cvat(source: DatasetSource, problems: ProblemLog) -> LoadedDataset:
     if not path.is_file():
         problems.add("malformed", path, "", "CVAT annotations must be an XML file (CVAT for images 1.1)")
         return LoadedDataset([], [])
-    given = read_class_names(source.thing_classes) if source.thing_classes is not None else None
+    given = declared_class_names(source)
     meta_labels: list[str] = []
     categories: NamedCategories | None = None
     records: list[dict] = []

@@ -30,7 +30,7 @@ from .base import (
     NamedCategories,
     checked_image_size,
     dataset_format,
-    read_class_names,
+    declared_class_names,
     read_json,
     rle_annotation,
 )
@@ -43,7 +43,7 @@ MAX_VALUE = 2**32 - 1  # ids and classes of up to 32 bits: a (id, class) pair pa
 
 @dataset_format("label_maps")
 def load_label_maps(source: DatasetSource, problems: ProblemLog) -> LoadedDataset:
-    given = read_class_names(source.thing_classes) if source.thing_classes is not None else None
+    given = declared_class_names(source)
     _check_class_options(source, given)
     categories = NamedCategories(given if given is not None or source.class_map else [DEFAULT_CLASS])
     for folder in (source.annotations, source.class_root):

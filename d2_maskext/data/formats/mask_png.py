@@ -31,9 +31,9 @@ from .base import (
     NamedCategories,
     checked_image_size,
     dataset_format,
+    declared_class_names,
     images_with_annotations,
     mask_annotation,
-    read_class_names,
     read_json,
     rle_annotation,
 )
@@ -115,7 +115,7 @@ def _load_images(source: DatasetSource, problems: ProblemLog, files: list[Path],
     if not source.annotations.is_dir():
         problems.add("malformed", source.annotations, "", f"{source.format} annotations must be a folder")
         return LoadedDataset([], [])
-    given = read_class_names(source.thing_classes) if source.thing_classes is not None else None
+    given = declared_class_names(source)
     categories = NamedCategories(given)
     records = []
     pairs = images_with_annotations(source, problems, files, image_key)

@@ -62,7 +62,8 @@ def _shrink_model(model: DictConfig) -> None:
 
 def _shrink_augmentations(augmentations) -> None:
     for aug in augmentations:
-        target = str(aug._target_)
+        target = aug._target_  # the class itself, or its dotted name where a config was saved and reloaded
+        target = target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
         if target.endswith("ResizeShortestEdge"):
             aug.short_edge_length = (SIZE,) if isinstance(aug.short_edge_length, (list, tuple)) else SIZE
             aug.max_size = SIZE

@@ -31,7 +31,7 @@ from machine import run_header
 from torch import nn
 
 from d2_maskext.cli.config_loading import LoadedConfig, load_config
-from d2_maskext.export import ExportedMaskRCNN, ExportRequest, InputRules, export_model
+from d2_maskext.export import ExportedMaskRCNN, ExportRequest, InputRules, SharedGraphs, export_model
 from d2_maskext.export.quantization import QuantizationRequest, calibration_images, quantize_export
 from d2_maskext.export.runtime import model_input, read_image
 
@@ -103,10 +103,10 @@ def export_all(args: argparse.Namespace, loaded: LoadedConfig) -> dict[str, Path
     keep_float = None if args.keep_float is None else tuple(args.keep_float)
     quantization = QuantizationRequest(args.calibration_dataset, args.calibration_images, keep_float)
     files = calibration_images("onnx", quantization, loaded.num_classes)
-    paths = {}
+    paths, shared = {}, SharedGraphs()  # OpenVINO converted from the ONNX graph exported just before
     for fmt in ("torchscript", "onnx", "openvino"):
         request = ExportRequest(fmt, Path(args.output) / fmt, "tracing", loaded.class_names())
-        paths[fmt] = export_model(model, sample, rules, request)
+        paths[fmt] = export_model(model, sample, rules, request, shared)
         if fmt != "torchscript":
             paths[f"{fmt} int8"] = quantize_export(paths[fmt], files, rules, quantization)
     return paths

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from d2_maskext.cli.config_loading import LoadedConfig, load_config
 from d2_maskext.evaluation import build_evaluator
-from d2_maskext.export import FORMATS, ExportedMaskRCNN, ExportRequest, InputRules, export_model
+from d2_maskext.export import FORMATS, ExportedMaskRCNN, ExportRequest, InputRules, SharedGraphs, export_model
 from d2_maskext.export.runtime import model_input, read_image
 
 DEMO_CONFIG = "configs/synthetic/mask_rcnn_R18_FPN_GN_demo.yaml"
@@ -129,9 +129,11 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], int]:
     # covers sizes not seen at export even on a split whose images all share one size.
     sample = torch.nn.functional.pad(inputs[0], (0, 64, 0, 32))
     exported: dict[str, ExportedMaskRCNN] = {}
-    for fmt in args.formats:
+    shared = SharedGraphs()  # each graph traced once for all the formats
+    for fmt in sorted(args.formats, key=FORMATS.index):
         request = ExportRequest(fmt, Path(args.output) / fmt, "tracing", loaded.class_names())
-        exported[fmt] = ExportedMaskRCNN(export_model(model, sample, rules, request), num_threads=args.threads)
+        path = export_model(model, sample, rules, request, shared)
+        exported[fmt] = ExportedMaskRCNN(path, num_threads=args.threads)
         rows.append(Row(fmt, exported[fmt]))
     for row in rows:  # warm-up (first calls compile or allocate)
         row.forward(inputs[0])

@@ -62,18 +62,24 @@ def model(weights: Path) -> nn.Module:
     return model
 
 
-def run_export_tool(weights: Path, output: Path, fmt: str, *flags: str, opts: tuple[str, ...] = ()) -> Path:
+def export_formats(
+    weights: Path, output: Path, formats: tuple[str, ...], *flags: str, opts: tuple[str, ...] = ()
+) -> dict[str, Path]:
+    """One run of ``tools/export_model.py`` writing ``formats`` (one sub-folder of ``output`` each when several)."""
     return export_tool.main(
-        ["--config-file", str(TINY_CONFIG), "--format", fmt, "--output", str(output), *flags,
+        ["--config-file", str(TINY_CONFIG), "--format", *formats, "--output", str(output), *flags,
          "MODEL.WEIGHTS", str(weights), *TINY_OPTS, *opts]
     )  # fmt: skip
 
 
+def run_export_tool(weights: Path, output: Path, fmt: str, *flags: str, opts: tuple[str, ...] = ()) -> Path:
+    return export_formats(weights, output, (fmt,), *flags, opts=opts)[fmt]
+
+
 @pytest.fixture(scope="module")
 def exports(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The fast formats, exported once for the module."""
-    root = tmp_path_factory.mktemp("exports")
-    return {fmt: run_export_tool(weights, root / fmt, fmt) for fmt in ("exported_program", "torchscript", "onnx")}
+    """The fast formats, exported once for the module by one run of the tool (one folder each)."""
+    return export_formats(weights, tmp_path_factory.mktemp("exports"), ("exported_program", "torchscript", "onnx"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ leave the float32 files as they are; bad requests are refused by name before any
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -23,6 +22,8 @@ from test_export import (
     OTHER_SIZES,
     _tiny_model,
     assert_same_detections,
+    export_formats,
+    export_tool,
     random_image,
     reference,
     run_export_tool,
@@ -30,13 +31,7 @@ from test_export import (
 from torch import Tensor, nn
 
 from d2_maskext.export import ExportedMaskRCNN, InputRules, Prediction
-from d2_maskext.export.quantization import (
-    KEEP_FLOAT,
-    CalibrationImages,
-    QuantizationRequest,
-    calibration_images,
-    quantize_export,
-)
+from d2_maskext.export.quantization import KEEP_FLOAT, CalibrationImages, quantize_export
 from d2_maskext.export.runtime import read_image
 
 openvino = pytest.importorskip("openvino", reason="the optional 'export' extra is not installed")
@@ -67,17 +62,21 @@ def trained_model(tiny_trained_weights: Path) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def exports(tiny_trained_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """ONNX and OpenVINO, float32 and INT8, exported once. The ONNX export is copied before it is quantized
-    (as ``--quantize`` does it, after the float32 export) so that a test can compare the float32 files."""
+    """ONNX and OpenVINO, float32 and INT8, written by one run of the tool (``--format onnx openvino --quantize
+    int8``: one ONNX export for both). Each float32 folder is copied as it is when its quantization starts, so
+    that a test can check that quantizing left it alone."""
     root = tmp_path_factory.mktemp("exports")
-    onnx = run_export_tool(tiny_trained_weights, root / "onnx", "onnx")
-    shutil.copytree(onnx.parent, root / "onnx_before_quantizing")
-    metadata = json.loads(onnx.with_suffix(".json").read_text())
-    rules = InputRules(**{f.name: metadata["input"][f.name] for f in dataclasses.fields(InputRules)})
-    request = QuantizationRequest("maskext_synth_tiny_train", 4)
-    quantize_export(onnx, calibration_images("onnx", request, len(metadata["class_names"])), rules, request)
-    xml = run_export_tool(tiny_trained_weights, root / "openvino", "openvino", *CALIBRATION)
-    return {"onnx before quantizing": root / "onnx_before_quantizing" / "model.onnx", "onnx": onnx, "openvino": xml,
+
+    def copy_then_quantize(path: Path, *args, **kwargs) -> Path:
+        shutil.copytree(path.parent, root / f"{path.parent.name}_before_quantizing")
+        return quantize_export(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export_tool, "quantize_export", copy_then_quantize)
+        paths = export_formats(tiny_trained_weights, root, ("onnx", "openvino"), *CALIBRATION)
+    onnx, xml = paths["onnx"], paths["openvino"]
+    return {"onnx": onnx, "onnx before quantizing": root / "onnx_before_quantizing" / "model.onnx",
+            "openvino": xml, "openvino before quantizing": root / "openvino_before_quantizing" / "model.xml",
             "onnx int8": onnx.with_name("model.int8.onnx"), "openvino int8": xml.with_name("model.int8.xml")}  # fmt: skip
 
 
@@ -130,21 +129,19 @@ def test_openvino_matches_pytorch_on_other_sizes(exports: dict[str, Path], train
 
 @pytest.mark.slow
 def test_quantizing_leaves_the_float32_export_alone(exports: dict[str, Path]):
-    """The float32 files stay as exported, byte for byte; the INT8 model has its own file and JSON."""
-    plain, quantized = exports["onnx before quantizing"], exports["onnx"]
-    assert sorted(p.name for p in plain.parent.iterdir()) == ["model.json", "model.onnx"]
-    assert sorted(p.name for p in quantized.parent.iterdir()) == [
-        "model.int8.json", "model.int8.onnx", "model.json", "model.onnx"
-    ]  # fmt: skip
-    assert plain.read_bytes() == quantized.read_bytes()
-    assert plain.with_suffix(".json").read_text() == quantized.with_suffix(".json").read_text()
-    metadata = json.loads(exports["onnx int8"].with_suffix(".json").read_text())
-    assert metadata["model_file"] == "model.int8.onnx"
-    assert metadata["quantization"]["calibration_images"] == 4
-    assert metadata["quantization"]["float_layers"] == list(KEEP_FLOAT["onnx"])
-    ov_metadata = json.loads(exports["openvino int8"].with_suffix(".json").read_text())
-    assert ov_metadata["quantization"]["float_layers"] == list(KEEP_FLOAT["openvino"])
-    assert exports["openvino int8"].with_suffix(".bin").is_file()
+    """The float32 files stay as exported, byte for byte; the INT8 model has its own files and JSON."""
+    for fmt, suffixes in (("onnx", [".json", ".onnx"]), ("openvino", [".bin", ".json", ".xml"])):
+        plain, quantized = exports[f"{fmt} before quantizing"], exports[fmt]
+        assert sorted(p.name for p in plain.parent.iterdir()) == [f"model{s}" for s in suffixes]
+        assert sorted(p.name for p in quantized.parent.iterdir()) == sorted(
+            [f"model{s}" for s in suffixes] + [f"model.int8{s}" for s in suffixes]
+        )
+        for file in plain.parent.iterdir():
+            assert file.read_bytes() == (quantized.parent / file.name).read_bytes(), file.name
+        metadata = json.loads(exports[f"{fmt} int8"].with_suffix(".json").read_text())
+        assert metadata["model_file"] == exports[f"{fmt} int8"].name
+        assert metadata["quantization"]["calibration_images"] == 4
+        assert metadata["quantization"]["float_layers"] == list(KEEP_FLOAT[fmt])
 
 
 # -------------------------------------------------------------------------------- reduced precision

@@ -6,10 +6,12 @@
     python tools/export_model.py ... --format onnx            # runs in onnxruntime, no custom-op library
     python tools/export_model.py ... --format torchscript --export-method scripting
     python tools/export_model.py ... --format openvino --quantize int8 --calibration-dataset maskext_synth_train
+    python tools/export_model.py ... --format exported_program onnx openvino   # one folder each, traced once
 
 Writes the model (model.ts, model.pt2, model.aoti.pt2, model.onnx or model.xml + model.bin) and a JSON next
 to it (inputs, outputs, class names, input size rules); with --quantize int8 also model.int8.onnx or
-model.int8.xml and its JSON. Run it with ``d2_maskext.export.ExportedMaskRCNN`` (d2_maskext/export/runtime.py, no Detectron2 needed). The interface
+model.int8.xml and its JSON. Several formats go into one sub-folder each of --output (onnx/, openvino/...)
+and share what they are converted from (the torch.export program, the ONNX graph). Run it with ``d2_maskext.export.ExportedMaskRCNN`` (d2_maskext/export/runtime.py, no Detectron2 needed). The interface
 and the formats: docs/export.md.
 """
 
@@ -29,6 +31,7 @@ from d2_maskext.export import (
     FORMATS,
     ExportRequest,
     InputRules,
+    SharedGraphs,
     export_model,
     model_input,
     read_image,
@@ -43,7 +46,7 @@ from d2_maskext.export.quantization import (
 def parse_args(argv: list[str] | None = None) -> Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE", help="YAML or LazyConfig .py file")
-    parser.add_argument("--format", choices=FORMATS, default="exported_program")
+    parser.add_argument("--format", nargs="+", choices=FORMATS, default=["exported_program"], help="one or more")
     parser.add_argument("--export-method", choices=EXPORT_METHODS, default="tracing", help="for torchscript")
     parser.add_argument("--output", default="output/export", help="output folder")
     parser.add_argument(
@@ -78,8 +81,10 @@ def check_weights(weights: str) -> None:
         raise SystemExit(f"weights file not found: {weights}")
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> dict[str, Path]:
+    """Exports each ``--format``; returns the model file of each."""
     args = parse_args(argv)
+    formats = sorted(set(args.format), key=FORMATS.index)  # the order in which they share their graphs
     setup_logger(name="d2_maskext")
     loaded = load_config(args.config_file, args.opts)
     if loaded.input_format != "BGR":
@@ -87,19 +92,23 @@ def main(argv: list[str] | None = None) -> Path:
     check_weights(loaded.weights)
     keep_float = None if args.keep_float is None else tuple(args.keep_float)
     quantization = QuantizationRequest(args.calibration_dataset, args.calibration_images, keep_float)
-    calibration_files = calibration_images(args.format, quantization, loaded.num_classes) if args.quantize else []
+    calibration_files: list[str] = []
+    for fmt in formats if args.quantize else ():  # each format's needs are checked before anything is exported
+        calibration_files = calibration_images(fmt, quantization, loaded.num_classes)
     model = loaded.build_inference_model().to("cpu").float().eval()
     resize = loaded.test_resize()
     short_edges = resize.short_edge_length
     rules = InputRules.of(model, int(min(short_edges)), int(resize.max_size))
-    request = ExportRequest(args.format, Path(args.output), args.export_method, loaded.class_names())
-    path = export_model(model, sample_input(args.sample_image, rules), rules, request)
-    print(f"model:    {path}")
-    print(f"metadata: {path.with_suffix('.json')}")
-    if args.quantize:
-        int8 = quantize_export(path, calibration_files, rules, quantization)
-        print(f"int8:     {int8}")
-    return path
+    image, shared, paths = sample_input(args.sample_image, rules), SharedGraphs(), {}
+    for fmt in formats:
+        output = Path(args.output) / fmt if len(formats) > 1 else Path(args.output)
+        request = ExportRequest(fmt, output, args.export_method, loaded.class_names())
+        paths[fmt] = path = export_model(model, image, rules, request, shared)
+        print(f"model:    {path}")
+        print(f"metadata: {path.with_suffix('.json')}")
+    for path in paths.values() if args.quantize else ():
+        print(f"int8:     {quantize_export(path, calibration_files, rules, quantization)}")
+    return paths
 
 
 if __name__ == "__main__":

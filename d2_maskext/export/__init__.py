@@ -10,6 +10,7 @@ from .exporters import (
     FORMATS,
     ExportRequest,
     InputRules,
+    SharedGraphs,
     check_onnx_translatable,
     export_model,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "InputRules",
     "MaskRCNNExportAdapter",
     "Prediction",
+    "SharedGraphs",
     "UnsupportedModelError",
     "check_exportable",
     "check_onnx_translatable",

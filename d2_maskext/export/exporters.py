@@ -3,7 +3,8 @@
 Formats: ``torchscript`` (tracing or scripting), ``exported_program`` (``torch.export``, dynamic height and
 width, ``.pt2``), ``aoti`` (an AOTInductor package of that program), ``onnx`` (the dynamo-based
 exporter, ``d2_maskext::roi_align`` translated to standard operators) and ``openvino`` (that ONNX graph as an
-OpenVINO IR).
+OpenVINO IR). Formats written in one run share their graphs (:class:`SharedGraphs`): tracing through
+``torch.export`` and the ONNX conversion take most of an export's time.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from torchvision.ops import RoIPool
 from ..utils import atomic_open
 from .adapter import OUTPUT_NAMES, MaskRCNNExportAdapter, UnsupportedModelError
 
-__all__ = ["EXPORT_METHODS", "FORMATS", "ExportRequest", "InputRules", "check_onnx_translatable", "export_model"]
+__all__ = [
+    "EXPORT_METHODS",
+    "FORMATS",
+    "ExportRequest",
+    "InputRules",
+    "SharedGraphs",
+    "check_onnx_translatable",
+    "export_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +79,15 @@ class ExportRequest:
     class_names: list[str] = field(default_factory=list)
 
 
+@dataclass
+class SharedGraphs:
+    """What one export run builds once for all its formats: the ``torch.export`` program (behind
+    ``exported_program``, ``aoti`` and ``onnx``) and the ONNX file (behind ``onnx`` and ``openvino``)."""
+
+    program: torch.export.ExportedProgram | None = None
+    onnx_file: Path | None = None
+
+
 def check_onnx_translatable(model: nn.Module) -> None:
     """Raises :class:`UnsupportedModelError` for a pooler whose RoI operator has no ONNX translation."""
     for name, module in model.named_modules():
@@ -89,9 +107,13 @@ def _dynamic_image_shape(rules: InputRules) -> dict[str, dict[int, torch.export.
     return {"image": {1: height, 2: width}}
 
 
-def _export_program(adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules) -> torch.export.ExportedProgram:
-    with torch.no_grad():
-        return torch.export.export(adapter, (image,), dynamic_shapes=_dynamic_image_shape(rules))
+def _export_program(
+    adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules, shared: SharedGraphs
+) -> torch.export.ExportedProgram:
+    if shared.program is None:
+        with torch.no_grad():
+            shared.program = torch.export.export(adapter, (image,), dynamic_shapes=_dynamic_image_shape(rules))
+    return shared.program
 
 
 def _program_custom_ops(program: torch.export.ExportedProgram) -> list[str]:
@@ -115,32 +137,40 @@ def _torchscript(model: GeneralizedRCNN, adapter: MaskRCNNExportAdapter, image: 
     return [CUSTOM_OP] if CUSTOM_OP in str(module.inlined_graph) else []
 
 
-def _onnx(adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules, path: Path) -> list[str]:
+def _onnx(adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules, path: Path, shared: SharedGraphs) -> list[str]:
+    """The program of :func:`_export_program` (dynamic height and width) converted to ONNX."""
     check_onnx_translatable(adapter.model)
     from .onnx_translation import ONNX_OPSET, roi_align_translations  # needs the optional onnxscript
 
+    program = _export_program(adapter, image, rules, shared)
     with torch.no_grad():
-        program = torch.onnx.export(
-            adapter,
+        onnx_program = torch.onnx.export(
+            program,
             (image,),
             dynamo=True,
             opset_version=ONNX_OPSET,
             custom_translation_table=roi_align_translations(),
-            dynamic_shapes=_dynamic_image_shape(rules),
             input_names=["image"],
             output_names=list(OUTPUT_NAMES),
         )
-    program.save(str(path))
+    onnx_program.save(str(path))
+    shared.onnx_file = path
     return []
 
 
-def _openvino(adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules, path: Path) -> list[str]:
+def _openvino(
+    adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules, path: Path, shared: SharedGraphs
+) -> list[str]:
     from .openvino_conversion import convert_onnx_to_openvino
 
+    if shared.onnx_file is not None:
+        convert_onnx_to_openvino(shared.onnx_file, path)
+        return []
     with tempfile.TemporaryDirectory() as folder:
         onnx_path = Path(folder) / FILE_NAMES["onnx"]
-        _onnx(adapter, image, rules, onnx_path)
+        _onnx(adapter, image, rules, onnx_path, shared)
         convert_onnx_to_openvino(onnx_path, path)
+    shared.onnx_file = None  # removed with the temporary folder
     return []
 
 
@@ -169,9 +199,14 @@ def _metadata(request: ExportRequest, rules: InputRules, file_name: str, custom_
     }
 
 
-def export_model(model: GeneralizedRCNN, image: Tensor, rules: InputRules, request: ExportRequest) -> Path:
+def export_model(
+    model: GeneralizedRCNN, image: Tensor, rules: InputRules, request: ExportRequest, shared: SharedGraphs | None = None
+) -> Path:
     """Writes ``model`` (eval mode, float32) as ``request.fmt`` into ``request.output_dir`` with its JSON;
-    ``image`` is a sample model input (float32 ``[3, H, W]``, BGR 0–255). Returns the model file."""
+    ``image`` is a sample model input (float32 ``[3, H, W]``, BGR 0–255). Returns the model file.
+
+    Exporting one model (same ``image`` and ``rules``) in several formats with the same ``shared``, in the order
+    of :data:`FORMATS`, traces and converts each graph once."""
     if request.fmt not in FORMATS:
         raise ValueError(f"unknown export format {request.fmt!r}; choose one of {FORMATS}")
     if request.method not in EXPORT_METHODS:
@@ -186,17 +221,18 @@ def export_model(model: GeneralizedRCNN, image: Tensor, rules: InputRules, reque
         from .openvino_conversion import require_openvino
 
         require_openvino()  # before the export, which takes a while
+    shared = SharedGraphs() if shared is None else shared
     adapter = MaskRCNNExportAdapter(model)
     request.output_dir.mkdir(parents=True, exist_ok=True)
     path = request.output_dir / FILE_NAMES[request.fmt]
     if request.fmt == "torchscript":
         custom_ops = _torchscript(model, adapter, image, request.method, path)
     elif request.fmt == "onnx":
-        custom_ops = _onnx(adapter, image, rules, path)
+        custom_ops = _onnx(adapter, image, rules, path, shared)
     elif request.fmt == "openvino":
-        custom_ops = _openvino(adapter, image, rules, path)
+        custom_ops = _openvino(adapter, image, rules, path, shared)
     else:
-        program = _export_program(adapter, image, rules)
+        program = _export_program(adapter, image, rules, shared)
         custom_ops = _program_custom_ops(program)
         if request.fmt == "exported_program":
             torch.export.save(program, str(path))

@@ -95,8 +95,8 @@ class MaskExtRCNN(GeneralizedRCNN):
         self.tiling = tiling
         self.channels_last = channels_last
         self.precision = precision
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self._weights_memory_format = torch.contiguous_format
+        self._match_weights_layout()
         if channels_last or precision != torch.float32:
             fuse_convolutions(self)
         if precision != torch.float32:
@@ -122,8 +122,26 @@ class MaskExtRCNN(GeneralizedRCNN):
 
     @property
     def compute_settings(self) -> ComputeSettings:
-        """What runs on the model's current device (bfloat16 falls back to float32 where it is slow)."""
-        return resolve_compute_settings(self.channels_last, self.precision, self.device.type)
+        """What runs in the current mode on the model's current device (bfloat16 falls back to float32 where it
+        is slow, and training runs NCHW where channels-last backward is slow)."""
+        return resolve_compute_settings(self.channels_last, self.precision, self.device.type, self.training)
+
+    def _match_weights_layout(self) -> MaskExtRCNN:
+        """Convolution weights in the memory format of :attr:`compute_settings`; called whenever the mode or the
+        device changes (``train``/``eval``, ``to``), so a trainer's optimizer and DDP see the training layout."""
+        memory_format = self.compute_settings.memory_format
+        if memory_format != self._weights_memory_format:
+            self._weights_memory_format = memory_format
+            super().to(memory_format=memory_format)
+        return self
+
+    def train(self, mode: bool = True) -> MaskExtRCNN:
+        super().train(mode)
+        return self._match_weights_layout()
+
+    def to(self, *args, **kwargs) -> MaskExtRCNN:
+        super().to(*args, **kwargs)
+        return self._match_weights_layout()
 
     def _autocast(self) -> AbstractContextManager:
         dtype = self.compute_settings.autocast_dtype
@@ -131,7 +149,7 @@ class MaskExtRCNN(GeneralizedRCNN):
 
     def preprocess_image(self, batched_inputs: list[dict[str, Tensor]]) -> ImageList:
         images = super().preprocess_image(batched_inputs)
-        if self.channels_last:
+        if self.compute_settings.channels_last:
             images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
         return images
 

@@ -76,16 +76,31 @@ class ComputeSettings:
 _warned: set[str] = set()
 
 
-def _warn_once(message: str) -> None:
+def _log_once(level: int, message: str) -> None:
     if message not in _warned:
         _warned.add(message)
-        logger.warning(message)
+        logger.log(level, message)
 
 
-def resolve_compute_settings(channels_last: bool, precision: torch.dtype, device_type: str) -> ComputeSettings:
+def _warn_once(message: str) -> None:
+    _log_once(logging.WARNING, message)
+
+
+def resolve_compute_settings(
+    channels_last: bool, precision: torch.dtype, device_type: str, training: bool = False
+) -> ComputeSettings:
     """The settings that run on ``device_type``: bfloat16 falls back to float32 on a CPU without native
     bfloat16 and to float16 on a GPU without it (each with one warning); float16 is refused on CPU, where
-    it has no fast kernels."""
+    it has no fast kernels. Training on a CPU without native bfloat16 runs NCHW: channels-last backward is
+    slower than NCHW there (R50-FPN training iteration 0.74x stock on an AVX2-only EPYC, docs/benchmarks.md),
+    while channels-last inference is faster (1.35x)."""
+    if channels_last and training and device_type == "cpu" and not cpu_supports_fast_bfloat16():
+        _log_once(
+            logging.INFO,
+            "MODEL.MASKEXT.CHANNELS_LAST: training runs NCHW on this CPU (no native bfloat16), where channels-last "
+            "backward is slower; inference runs channels-last.",
+        )
+        channels_last = False
     if precision == torch.float32:
         return ComputeSettings(channels_last, None)
     if device_type == "cpu":
@@ -97,9 +112,7 @@ def resolve_compute_settings(channels_last: bool, precision: torch.dtype, device
         if not cpu_supports_fast_bfloat16():
             _warn_once(
                 "MODEL.MASKEXT.PRECISION bfloat16: this CPU has no native bfloat16 (AVX512-BF16/AMX), where it "
-                "is slower than float32; running float32"
-                + (" with channels_last" if channels_last else "")
-                + " instead."
+                "is slower than float32; running float32 instead."
             )
             return ComputeSettings(channels_last, None)
     elif device_type == "cuda" and precision == torch.bfloat16 and not cuda_supports_bfloat16():

@@ -3,7 +3,8 @@
 For each configuration (same random weights everywhere) it times
   * inference: batch 1, 100 detections through the mask head (score threshold 0, no class NMS
     suppression, so random weights give 100), masks pasted;
-  * a training iteration: forward, backward and SGD step (learning rate 0), 512 sampled ROIs per image;
+  * a training iteration: forward, backward and SGD step (learning rate 0), 512 sampled ROIs per image
+    (the SOLVER.AMP row: stock's model under the AMP training loop's autocast, training only);
 with a per-stage breakdown (backbone+FPN, RPN, box head, mask head, mask targets, paste, NMS; stages
 that contain others say so). Rounds visit the configurations in turn, so a noisy neighbour slows all
 rows alike; the ratios are against the first row of the same run.
@@ -33,6 +34,7 @@ from detectron2.utils.events import EventStorage
 from machine import run_header
 
 import d2_maskext
+from d2_maskext.modeling.precision import amp_autocast_dtype
 
 MODELS = {
     "r50": ("configs/coco/mask_rcnn_R_50_FPN_1x.yaml", (800, 1216), 2),
@@ -44,14 +46,18 @@ MODELS = {
 class Setting:
     label: str
     overrides: tuple = ()
+    amp: bool = False  # the SOLVER.AMP.ENABLED training loop's autocast around the model (training only)
 
 
 def settings_for(device: str) -> list[Setting]:
     fused = ("MODEL.ROI_HEADS.NAME", "MaskExtROIHeads", "MODEL.MASKEXT.POOLER", "fused")
     plugin = (*fused, "MODEL.META_ARCHITECTURE", "MaskExtRCNN")
     low = "bfloat16" if device == "cpu" else "float16"
+    stock = ("MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.MASKEXT.POOLER", "stock")
+    amp_dtype = str(amp_autocast_dtype(device) or torch.float32).replace("torch.", "")
     return [
-        Setting("stock Detectron2 (fp32)", ("MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.MASKEXT.POOLER", "stock")),
+        Setting("stock Detectron2 (fp32)", stock),
+        Setting(f"stock + SOLVER.AMP loop ({amp_dtype} autocast)", stock, amp=True),
         Setting("plugin fused pooler (fp32)", fused),
         Setting("fused + channels_last (fp32)", (*plugin, "MODEL.MASKEXT.CHANNELS_LAST", True)),
         Setting(f"fused + {low}", (*plugin, "MODEL.MASKEXT.PRECISION", low)),
@@ -221,9 +227,12 @@ def measure(args: argparse.Namespace) -> None:
 
     def train(row: Row) -> float:
         row.model.train()
+        amp_dtype = amp_autocast_dtype(device) if row.setting.amp else None
+        autocast = torch.autocast(device, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
         sync()
         start = time.perf_counter()
-        losses = row.model(train_batch)
+        with autocast:  # as Detectron2's AMPTrainer and the plugin's CPUAutocastTrainer (no gradient scaler here)
+            losses = row.model(train_batch)
         total = sum(losses.values())
         row.optimizer.zero_grad()
         total.backward()
@@ -235,6 +244,8 @@ def measure(args: argparse.Namespace) -> None:
         """``warmup + iters`` rounds over every row; the timed ones append to ``row.<name>`` and the stages."""
         for round_index in range(warmup + iters):
             for row in rows:
+                if name == "infer" and row.setting.amp:
+                    continue  # the AMP loop autocasts training only; its inference is stock's
                 row.timer.enabled = round_index >= warmup
                 with row.timer.patched():
                     seconds = step(row)
@@ -265,25 +276,28 @@ def report(args: argparse.Namespace, rows: list[Row], infer_stages: dict, size: 
     print(f"\n| configuration | inference s/img | vs stock | training s/iter (batch {batch}) | vs stock | detections |")
     print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
-        inf = statistics.median(row.infer)
-        ratio = statistics.median(base.infer) / inf
+        if row.infer:
+            inf = statistics.median(row.infer)
+            infer_cells = f"{inf:.3f} | {statistics.median(base.infer) / inf:.2f}x"
+        else:
+            infer_cells = "as stock | —"
         if row.train:
             tr = statistics.median(row.train)
             train_cells = f"{tr:.3f} | {statistics.median(base.train) / tr:.2f}x"
         else:
             train_cells = "— | —"
-        print(f"| {row.setting.label} | {inf:.3f} | {ratio:.2f}x | {train_cells} | {row.detections} |")
-    for title, stages_of, count in (
-        ("inference", lambda r: infer_stages[id(r)], args.iters),
-        ("training forward", lambda r: r.timer.seconds, args.train_iters),
+        print(f"| {row.setting.label} | {infer_cells} | {train_cells} | {row.detections or '—'} |")
+    for title, stages_of, count, shown in (
+        ("inference", lambda r: infer_stages[id(r)], args.iters, [r for r in rows if r.infer]),
+        ("training forward", lambda r: r.timer.seconds, args.train_iters, rows),
     ):
         if title.startswith("training") and args.skip_training:
             continue
         print(f"\nPer-stage {title} time, ms per iteration (stages in parentheses contain the ones below them):")
-        print("| stage | " + " | ".join(r.setting.label for r in rows) + " |")
-        print("|---|" + "---:|" * len(rows))
+        print("| stage | " + " | ".join(r.setting.label for r in shown) + " |")
+        print("|---|" + "---:|" * len(shown))
         for stage in StageTimer.STAGES:
-            cells = [f"{1000 * stages_of(r).get(stage, 0.0) / count:.1f}" for r in rows]
+            cells = [f"{1000 * stages_of(r).get(stage, 0.0) / count:.1f}" for r in shown]
             print(f"| {stage} | " + " | ".join(cells) + " |")
 
 

@@ -54,10 +54,11 @@ def settings_for(device: str) -> list[Setting]:
     plugin = (*fused, "MODEL.META_ARCHITECTURE", "MaskExtRCNN")
     low = "bfloat16" if device == "cpu" else "float16"
     stock = ("MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.MASKEXT.POOLER", "stock")
-    amp_dtype = str(amp_autocast_dtype(device) or torch.float32).replace("torch.", "")
+    amp_dtype = amp_autocast_dtype(device)
+    amp_label = f"{str(amp_dtype).replace('torch.', '')} autocast" if amp_dtype else "runs float32 on this CPU"
     return [
         Setting("stock Detectron2 (fp32)", stock),
-        Setting(f"stock + SOLVER.AMP loop ({amp_dtype} autocast)", stock, amp=True),
+        Setting(f"stock + SOLVER.AMP loop ({amp_label})", stock, amp=True),
         Setting("plugin fused pooler (fp32)", fused),
         Setting("fused + channels_last (fp32)", (*plugin, "MODEL.MASKEXT.CHANNELS_LAST", True)),
         Setting(f"fused + {low}", (*plugin, "MODEL.MASKEXT.PRECISION", low)),

@@ -134,6 +134,20 @@ def test_adapter_gives_each_head_variant_detections(variant: str):
 
 
 @pytest.mark.slow
+def test_exported_program_runs_an_image_without_detections():
+    """torchvision's fake ``nms`` declares at least two kept boxes, which the exported program asserts at run time;
+    an image where NMS keeps none (here: no score reaches the threshold) must still give empty detections."""
+    model = _tiny_model("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.99")  # random weights score about 1/6
+    size = {1: torch.export.Dim("height", min=65, max=4096), 2: torch.export.Dim("width", min=65, max=4096)}
+    program = torch.export.export(MaskRCNNExportAdapter(model), (random_image(128, 96),), dynamic_shapes={"image": size})
+    image = random_image(100, 150)
+    with torch.no_grad():
+        got = program.module()(image)
+    assert len(reference(model, image)[0]) == 0
+    assert [tuple(t.shape[:1]) for t in got] == [(0,)] * 4
+
+
+@pytest.mark.slow
 class TestCompiledExports:
     """The two longest exports. A class of their own: pytest-xdist (``--dist loadscope``) may then run them on
     another worker than the module's tests that share the three-format export."""

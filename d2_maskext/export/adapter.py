@@ -66,11 +66,22 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
 
     Groups are separated by shifting each group's boxes beyond the others, as torchvision does for small
     inputs; the shift is taken over the boxes and a zero so that it is defined for no boxes too.
+
+    torchvision's fake ``nms`` (what ``torch.export`` traces) declares that at least two boxes are kept, and
+    the exported program and the AOTInductor package assert it at run time: an image whose NMS kept 0 or 1
+    boxes (one object, or none) was refused. So two sentinel boxes, each in a group of its own and scored
+    below every box, go in with the others; NMS always keeps them, and they are dropped from its result.
     """
     boxes = boxes.float()
+    count = boxes.shape[0]
+    sentinel_groups = torch.cat([groups, groups.new_zeros(1)]).max() + torch.arange(1, 3, device=groups.device)
+    boxes = torch.cat([boxes, boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(2, 4)])
+    scores = torch.cat([scores.float(), scores.new_full((2,), torch.finfo(torch.float32).min, dtype=torch.float32)])
+    groups = torch.cat([groups, sentinel_groups.to(groups.dtype)])
     extent = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max() + 1
     shifted = boxes + (groups.to(boxes) * extent)[:, None]
-    return nms(shifted, scores, iou_threshold)
+    keep = nms(shifted, scores, iou_threshold)
+    return keep[keep < count]
 
 
 def _pad_index(index: Tensor, length: int) -> tuple[Tensor, Tensor]:

@@ -34,8 +34,9 @@ def _add_pooler_config(cfg: CN) -> None:
 
 def _add_compute_config(cfg: CN) -> None:
     """Memory format and precision of ``MaskExtRCNN`` (``MODEL.META_ARCHITECTURE: MaskExtRCNN``), applied in
-    training and inference alike."""
-    # Convolution weights and activations in channels-last (NHWC) memory format.
+    training and inference alike where the device is fast at them (``modeling/precision.py`` decides)."""
+    # Convolution weights and activations in channels-last (NHWC) memory format (training stays NCHW on a CPU
+    # without native bfloat16, where channels-last backward is slower).
     cfg.MODEL.MASKEXT.CHANNELS_LAST = False
     # The model's compute dtype in training AND inference: "float32", "bfloat16" (CPU with AVX512-BF16/AMX
     # or GPU; float32 runs on CPUs without them, float16 on GPUs without bfloat16, each with a warning) or

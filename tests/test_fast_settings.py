@@ -88,6 +88,11 @@ def test_float16_is_refused_on_cpu(tmp_path):
         precision.resolve_compute_settings(False, torch.float16, "cpu")
     with pytest.raises(ValueError, match="float16 is not supported on CPU"):
         Trainer(tiny_cfg(tmp_path, "MODEL.META_ARCHITECTURE", "MaskExtRCNN", "MODEL.MASKEXT.PRECISION", "float16"))
+    # Building such a model is not refused: Detectron2 builds every model on the CPU before moving it to its
+    # device, which for float16 is a GPU.
+    model = build_model(tiny_cfg(tmp_path, "MODEL.META_ARCHITECTURE", "MaskExtRCNN", "MODEL.MASKEXT.PRECISION",
+                                 "float16", "MODEL.MASKEXT.CHANNELS_LAST", "True")).eval()  # fmt: skip
+    assert _weights_layout(model) == torch.channels_last
 
 
 def test_cpu_without_native_bfloat16_runs_float32_channels_last_with_one_warning(monkeypatch, caplog, tmp_path):

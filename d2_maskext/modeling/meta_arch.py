@@ -19,7 +19,13 @@ from ..layers import fuse_convolutions
 from ..layers.paste_masks import paste_masks
 from ..utils.display import to_display_rgb
 from ..utils.image_io import RAW_FORMAT
-from .precision import ComputeSettings, model_precision, prepare_for_autocast, resolve_compute_settings
+from .precision import (
+    ComputeSettings,
+    model_precision,
+    prepare_for_autocast,
+    resolve_compute_settings,
+    runs_channels_last,
+)
 from .tiling import TilingSettings, check_tile_size, tiled_inference, tiling_from_config
 
 __all__ = ["MaskExtRCNN"]
@@ -127,9 +133,12 @@ class MaskExtRCNN(GeneralizedRCNN):
         return resolve_compute_settings(self.channels_last, self.precision, self.device.type, self.training)
 
     def _match_weights_layout(self) -> MaskExtRCNN:
-        """Convolution weights in the memory format of :attr:`compute_settings`; called whenever the mode or the
-        device changes (``train``/``eval``, ``to``), so a trainer's optimizer and DDP see the training layout."""
-        memory_format = self.compute_settings.memory_format
+        """Convolution weights in the memory format of this mode on this device (:func:`runs_channels_last`);
+        called whenever the mode or the device changes (``train``/``eval``, ``to``), so a trainer's optimizer
+        and DDP see the training layout. Only the layout is asked here: a model is built on the CPU before it
+        moves to its device, where a precision the CPU refuses (float16) may be the GPU's."""
+        channels_last = runs_channels_last(self.channels_last, self.device.type, self.training)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if memory_format != self._weights_memory_format:
             self._weights_memory_format = memory_format
             super().to(memory_format=memory_format)

@@ -86,21 +86,27 @@ def _warn_once(message: str) -> None:
     _log_once(logging.WARNING, message)
 
 
-def resolve_compute_settings(
-    channels_last: bool, precision: torch.dtype, device_type: str, training: bool = False
-) -> ComputeSettings:
-    """The settings that run on ``device_type``: bfloat16 falls back to float32 on a CPU without native
-    bfloat16 and to float16 on a GPU without it (each with one warning); float16 is refused on CPU, where
-    it has no fast kernels. Training on a CPU without native bfloat16 runs NCHW: channels-last backward is
-    slower than NCHW there (R50-FPN training iteration 0.74x stock on an AVX2-only EPYC, docs/benchmarks.md),
-    while channels-last inference is faster (1.35x)."""
+def runs_channels_last(channels_last: bool, device_type: str, training: bool) -> bool:
+    """Whether ``MODEL.MASKEXT.CHANNELS_LAST`` applies in this mode on ``device_type``: training on a CPU without
+    native bfloat16 runs NCHW (one log line), where channels-last backward is slower than NCHW (R50-FPN
+    training iteration 0.74x stock on an AVX2-only EPYC, docs/benchmarks.md) while inference gains (1.35x)."""
     if channels_last and training and device_type == "cpu" and not cpu_supports_fast_bfloat16():
         _log_once(
             logging.INFO,
             "MODEL.MASKEXT.CHANNELS_LAST: training runs NCHW on this CPU (no native bfloat16), where channels-last "
             "backward is slower; inference runs channels-last.",
         )
-        channels_last = False
+        return False
+    return channels_last
+
+
+def resolve_compute_settings(
+    channels_last: bool, precision: torch.dtype, device_type: str, training: bool = False
+) -> ComputeSettings:
+    """The settings that run on ``device_type``: bfloat16 falls back to float32 on a CPU without native
+    bfloat16 and to float16 on a GPU without it (each with one warning); float16 is refused on CPU, where
+    it has no fast kernels; the memory format is :func:`runs_channels_last`'s."""
+    channels_last = runs_channels_last(channels_last, device_type, training)
     if precision == torch.float32:
         return ComputeSettings(channels_last, None)
     if device_type == "cpu":

@@ -25,6 +25,7 @@ from detectron2.utils.testing import random_boxes
 from helpers.train_net_runner import REPO, TINY_CONFIG, shrink_to_tiny, tiny_cfg
 from PIL import Image
 from torch import Tensor, nn
+from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.export import ExportedMaskRCNN, MaskRCNNExportAdapter, UnsupportedModelError
@@ -165,7 +166,9 @@ class TestCompiledExports:
     def test_aoti_package_matches_pytorch(self, weights: Path, model: nn.Module, tmp_path: Path):
         # Scalar kernels: Inductor's vectorization analysis under dynamic sizes and gcc on the vectorized code took
         # two thirds of a 3-minute compile; the package, its loading and the plugin's ops are what is tested here.
-        with torch._inductor.config.patch({"cpp.simdlen": 1}):
+        # Inductor's cache (its precompiled headers alone are 130 MB each) goes into the test's folder, removed when
+        # the test passes, rather than into the shared /tmp/torchinductor_<user> for good.
+        with torch._inductor.config.patch({"cpp.simdlen": 1}), temporary_cache_dir(str(tmp_path / "inductor")):
             path = run_export_tool(weights, tmp_path, "aoti")
         exported = ExportedMaskRCNN(path)
         for size in OTHER_SIZES[:2]:

@@ -88,6 +88,8 @@ def running_mongod(folder: Path, binary: Path, timeout: float = 60.0) -> Iterato
     port = _free_port()
     command = [str(binary), "--dbpath", str(dbpath), "--port", str(port), "--bind_ip", "127.0.0.1"]
     command += ["--nounixsocket", "--logpath", str(log)]
+    # A 10 MB journal that grows on demand, not three preallocated 100 MB files: the tests write a few MB.
+    command += ["--wiredTigerEngineConfigString", "log=(prealloc=false,file_max=10MB)"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         _wait_until_listening(process, port, log, timeout)

@@ -29,6 +29,7 @@ from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
 from d2_maskext.config import add_maskext_config
 from d2_maskext.export import ExportedMaskRCNN, MaskRCNNExportAdapter, UnsupportedModelError
+from d2_maskext.export.adapter import pooled_mask_layers
 from d2_maskext.layers import HAS_C_EXT, FusedROIPooler, roi_align
 
 sys.path.insert(0, str(REPO / "tools"))
@@ -134,6 +135,31 @@ def test_adapter_gives_each_head_variant_detections(variant: str):
         assert_same_detections(MaskRCNNExportAdapter(model)(image), reference(model, image))
 
 
+# Mask stages the adapter cannot run without ``Instances``: Mask Scoring rescores in its own ``_forward_mask``, the
+# high-resolution head pools its own features.
+PADDED_MASK_STAGES = {"hires_mask_head", "mask_scoring"}
+
+
+@pytest.mark.parametrize("variant", ["stock", *VARIANTS])
+def test_mask_head_runs_on_real_detections_where_its_inference_is_standard(variant: str):
+    model = _tiny_model() if variant == "stock" else _variant_model(variant)
+    layers = pooled_mask_layers(model.roi_heads)
+    assert (layers is None) == (variant in PADDED_MASK_STAGES)
+    if layers is not None:
+        assert layers == model.roi_heads.mask_head.layers
+
+
+def mask_head_rows(program: torch.export.ExportedProgram):
+    """Rows entering the mask head's first weight layer: an int when padded, a SymInt when data-dependent."""
+    parameters = program.graph_signature.inputs_to_parameters
+    for node in program.graph.nodes:
+        if node.op == "call_function" and any(
+            getattr(a, "name", None) in parameters and ".mask_head." in parameters[a.name] for a in node.args
+        ):
+            return node.args[0].meta["val"].shape[0]
+    raise AssertionError("no mask head layer in the program")
+
+
 @pytest.mark.slow
 def test_exported_program_runs_an_image_without_detections():
     """torchvision's fake ``nms`` declares at least two kept boxes, which the exported program asserts at run time;
@@ -162,6 +188,11 @@ class TestCompiledExports:
         image = random_image(100, 150)
         with torch.no_grad():
             assert_same_detections(program.module()(image), reference(model, image))
+        rows = mask_head_rows(program)
+        if variant in PADDED_MASK_STAGES:
+            assert rows == model.roi_heads.box_predictor.test_topk_per_image
+        else:
+            assert isinstance(rows, torch.SymInt)
 
     def test_aoti_package_matches_pytorch(self, weights: Path, model: nn.Module, tmp_path: Path):
         # Scalar kernels: Inductor's vectorization analysis under dynamic sizes and gcc on the vectorized code took

@@ -10,8 +10,11 @@ symbolic image size.
 
 ``Instances`` needs ``len()``, a Python int, which a data-dependent count (after NMS) cannot give inside
 ``torch.export``; so proposals are padded to ``POST_NMS_TOPK_TEST`` rows and detections to
-``DETECTIONS_PER_IMAGE`` rows, with a validity mask. The padded rows go through the heads like real ones
-(each row is computed on its own) and are dropped at the end.
+``DETECTIONS_PER_IMAGE`` rows, with a validity mask. The padded proposals go through the box head like real
+ones (each row is computed on its own). The mask head, the costliest per row, runs on the real detections
+only when its inference is Detectron2's standard one on pooled features (:func:`pooled_mask_layers`): the
+adapter pools and calls the head's ``layers`` itself, without ``Instances``. Other mask stages (Mask Scoring's
+rescoring, heads that pool their own features) run through ``forward_with_given_boxes`` on the padded rows.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ import torch
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.proposal_generator import RPN
 from detectron2.modeling.roi_heads import StandardROIHeads
+from detectron2.modeling.roi_heads.mask_head import BaseMaskRCNNHead
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import nms
 
-__all__ = ["OUTPUT_NAMES", "MaskRCNNExportAdapter", "UnsupportedModelError", "check_exportable"]
+from ..modeling.roi_heads.mask_heads import MaskExtHead
+
+__all__ = ["OUTPUT_NAMES", "MaskRCNNExportAdapter", "UnsupportedModelError", "check_exportable", "pooled_mask_layers"]
 
 OUTPUT_NAMES = ("boxes", "scores", "classes", "masks")
 
@@ -84,6 +90,20 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
     return keep[keep < count]
 
 
+def pooled_mask_layers(heads: StandardROIHeads) -> nn.Module | None:
+    """The mask head's ``layers`` when the mask stage is ``mask_rcnn_inference(layers(pooled features))``:
+    StandardROIHeads' own ``_forward_mask`` with its mask pooler, and a head that infers as Detectron2's
+    ``BaseMaskRCNNHead`` or the plugin's ``MaskExtHead`` does. ``None`` for any other mask stage."""
+    head = heads.mask_head
+    if type(heads)._forward_mask is not StandardROIHeads._forward_mask or heads.mask_pooler is None:
+        return None
+    if type(head).forward is BaseMaskRCNNHead.forward:
+        return head.layers
+    if type(head).forward is MaskExtHead.forward and type(head).head_inputs is MaskExtHead.head_inputs:
+        return head.layers
+    return None
+
+
 def _pad_index(index: Tensor, length: int) -> tuple[Tensor, Tensor]:
     """``index`` padded with -1 (or cut) to ``length`` entries, and the mask of real entries.
 
@@ -121,10 +141,12 @@ class MaskRCNNExportAdapter(nn.Module):
     do_postprocess=False)``. The network runs in float32 whatever the model's compute settings.
     """
 
-    def __init__(self, model: GeneralizedRCNN):
+    def __init__(self, model: GeneralizedRCNN, pad_mask_rows: bool = False):
         super().__init__()
         check_exportable(model)
         self.model = model
+        # Padded rows through any mask stage, even a standard one (AOTInductor: see exporters.PADDED_MASK_FORMATS).
+        self.pad_mask_rows = pad_mask_rows
         self.eval()
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -134,13 +156,31 @@ class MaskRCNNExportAdapter(nn.Module):
         height, width = images.image_sizes[0]
         proposals, real_proposals = self._proposals(features, height, width)
         detections, real = self._detections(features, proposals, real_proposals, height, width)
-        detections = model.roi_heads.forward_with_given_boxes(features, [detections])[0]
-        return (
-            detections.pred_boxes.tensor[real],
-            detections.scores[real],
-            detections.pred_classes[real],
-            detections.pred_masks[real],
-        )
+        layers = None if self.pad_mask_rows else pooled_mask_layers(model.roi_heads)
+        if layers is None:
+            detections = model.roi_heads.forward_with_given_boxes(features, [detections])[0]
+            return (
+                detections.pred_boxes.tensor[real],
+                detections.scores[real],
+                detections.pred_classes[real],
+                detections.pred_masks[real],
+            )
+        boxes, classes = detections.pred_boxes.tensor[real], detections.pred_classes[real]
+        return boxes, detections.scores[real], classes, self._masks(features, boxes, classes, layers)
+
+    def _masks(self, features: dict[str, Tensor], boxes: Tensor, classes: Tensor, layers: nn.Module) -> Tensor:
+        """``mask_rcnn_inference``'s probabilities for the real detections only, with no ``Instances``.
+
+        One spare box rides along and is dropped: ``Boxes`` branches on an empty tensor, which a count that
+        may be zero does not allow inside ``torch.export``; one more row makes it non-empty."""
+        heads: StandardROIHeads = self.model.roi_heads
+        boxes = torch.cat([boxes, boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])])
+        classes = torch.cat([classes, classes.new_zeros(1)])
+        pooled = heads.mask_pooler([features[f] for f in heads.mask_in_features], [Boxes(boxes)])
+        logits = layers(pooled)
+        if logits.shape[1] > 1:  # one mask per class: the detection's own
+            logits = logits[torch.arange(logits.shape[0], device=logits.device), classes][:, None]
+        return logits.sigmoid()[:-1]
 
     def _preprocess(self, image: Tensor) -> ImageList:
         model = self.model

@@ -19,6 +19,8 @@ rescoring, heads that pool their own features) run through ``forward_with_given_
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.proposal_generator import RPN
@@ -90,12 +92,16 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
     return keep[keep < count]
 
 
-def pooled_mask_layers(heads: StandardROIHeads) -> nn.Module | None:
+def pooled_mask_layers(heads: StandardROIHeads) -> Callable[[Tensor], Tensor] | None:
     """The mask head's ``layers`` when the mask stage is ``mask_rcnn_inference(layers(pooled features))``:
-    StandardROIHeads' own ``_forward_mask`` with its mask pooler, and a head that infers as Detectron2's
-    ``BaseMaskRCNNHead`` or the plugin's ``MaskExtHead`` does. ``None`` for any other mask stage."""
+    StandardROIHeads' own ``forward_with_given_boxes`` and ``_forward_mask`` with its mask pooler, and a head
+    that infers as Detectron2's ``BaseMaskRCNNHead`` or the plugin's ``MaskExtHead`` does. ``None`` for any
+    other mask stage."""
     head = heads.mask_head
-    if type(heads)._forward_mask is not StandardROIHeads._forward_mask or heads.mask_pooler is None:
+    for method in ("forward_with_given_boxes", "_forward_mask"):
+        if getattr(type(heads), method) is not getattr(StandardROIHeads, method):
+            return None
+    if heads.mask_pooler is None:
         return None
     if type(head).forward is BaseMaskRCNNHead.forward:
         return head.layers
@@ -168,7 +174,9 @@ class MaskRCNNExportAdapter(nn.Module):
         boxes, classes = detections.pred_boxes.tensor[real], detections.pred_classes[real]
         return boxes, detections.scores[real], classes, self._masks(features, boxes, classes, layers)
 
-    def _masks(self, features: dict[str, Tensor], boxes: Tensor, classes: Tensor, layers: nn.Module) -> Tensor:
+    def _masks(
+        self, features: dict[str, Tensor], boxes: Tensor, classes: Tensor, layers: Callable[[Tensor], Tensor]
+    ) -> Tensor:
         """``mask_rcnn_inference``'s probabilities for the real detections only, with no ``Instances``.
 
         One spare box rides along and is dropped: ``Boxes`` branches on an empty tensor, which a count that

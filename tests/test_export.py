@@ -149,7 +149,7 @@ def test_mask_head_runs_on_real_detections_where_its_inference_is_standard(varia
         assert layers == model.roi_heads.mask_head.layers
 
 
-def mask_head_rows(program: torch.export.ExportedProgram):
+def mask_head_rows(program: torch.export.ExportedProgram) -> int | torch.SymInt:
     """Rows entering the mask head's first weight layer: an int when padded, a SymInt when data-dependent."""
     parameters = program.graph_signature.inputs_to_parameters
     for node in program.graph.nodes:

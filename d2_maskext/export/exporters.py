@@ -49,7 +49,8 @@ FILE_NAMES = {
 MAX_SIDE = 4096
 # Formats whose mask head runs on the padded detection rows even where it could run on the real ones: with a
 # data-dependent row count, AOTInductor's package gave wrong masks (up to 0.89 from eager in probability on the
-# demo model, boxes within 1e-4; 0.003 on the tiny test model), where padded rows give them exactly.
+# demo model, boxes within 1e-4; 0.003 on the tiny test model), where padded rows give them exactly. Inductor
+# miscompiles stacked convolutions on a data-dependent batch; docs/export.md has the plugin-free reproduction.
 PADDED_MASK_FORMATS = ("aoti",)
 CUSTOM_OP = "d2_maskext::roi_align"
 # Poolers whose level poolers have an ONNX translation (torchvision's ops in onnxscript, the plugin's here).

@@ -179,11 +179,11 @@ class MaskRCNNExportAdapter(nn.Module):
     ) -> Tensor:
         """``mask_rcnn_inference``'s probabilities for the real detections only, with no ``Instances``.
 
-        One spare box rides along and is dropped: ``Boxes`` branches on an empty tensor, which a count that
-        may be zero does not allow inside ``torch.export``; one more row makes it non-empty."""
+        One spare row (the zero row of :func:`_with_spare_row`, as a padded row is) rides along and is dropped:
+        ``Boxes`` branches on an empty tensor, which a count that may be zero does not allow inside
+        ``torch.export``; one more row makes it non-empty."""
         heads: StandardROIHeads = self.model.roi_heads
-        boxes = torch.cat([boxes, boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])])
-        classes = torch.cat([classes, classes.new_zeros(1)])
+        boxes, classes = _with_spare_row(boxes), _with_spare_row(classes)
         pooled = heads.mask_pooler([features[f] for f in heads.mask_in_features], [Boxes(boxes)])
         logits = layers(pooled)
         if logits.shape[1] > 1:  # one mask per class: the detection's own

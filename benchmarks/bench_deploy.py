@@ -41,7 +41,12 @@ from torch import nn
 
 from d2_maskext.cli.config_loading import LoadedConfig, load_config
 from d2_maskext.export import ExportedMaskRCNN, ExportRequest, InputRules, SharedGraphs, export_model
-from d2_maskext.export.quantization import QuantizationRequest, calibration_images, quantize_export
+from d2_maskext.export.quantization import (
+    QUANTIZED_FORMATS,
+    QuantizationRequest,
+    calibration_images,
+    quantize_export,
+)
 from d2_maskext.export.runtime import model_input, read_image
 
 DEMO_WEIGHTS = "output/demo/model_final.pth"
@@ -151,7 +156,7 @@ def export_all(args: argparse.Namespace, loaded: LoadedConfig) -> dict[str, Path
     for fmt in sorted(args.formats, key=EXPORTED.index):
         request = ExportRequest(fmt, Path(args.output) / fmt, "tracing", loaded.class_names())
         paths[fmt] = export_model(model, sample, rules, request, shared)
-        if fmt in ("onnx", "openvino"):
+        if fmt in QUANTIZED_FORMATS:
             paths[f"{fmt} int8"] = quantize_export(paths[fmt], files, rules, quantization)
     return paths
 

@@ -147,12 +147,10 @@ class MaskRCNNExportAdapter(nn.Module):
     do_postprocess=False)``. The network runs in float32 whatever the model's compute settings.
     """
 
-    def __init__(self, model: GeneralizedRCNN, pad_mask_rows: bool = False):
+    def __init__(self, model: GeneralizedRCNN):
         super().__init__()
         check_exportable(model)
         self.model = model
-        # Padded rows through any mask stage, even a standard one (AOTInductor: see exporters.PADDED_MASK_FORMATS).
-        self.pad_mask_rows = pad_mask_rows
         self.eval()
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -162,7 +160,7 @@ class MaskRCNNExportAdapter(nn.Module):
         height, width = images.image_sizes[0]
         proposals, real_proposals = self._proposals(features, height, width)
         detections, real = self._detections(features, proposals, real_proposals, height, width)
-        layers = None if self.pad_mask_rows else pooled_mask_layers(model.roi_heads)
+        layers = pooled_mask_layers(model.roi_heads)
         if layers is None:
             detections = model.roi_heads.forward_with_given_boxes(features, [detections])[0]
             return (

@@ -47,11 +47,11 @@ FILE_NAMES = {
     "openvino": "model.xml",
 }
 MAX_SIDE = 4096
-# Formats whose mask head runs on the padded detection rows even where it could run on the real ones: with a
-# data-dependent row count, AOTInductor's package gave wrong masks (up to 0.89 from eager in probability on the
-# demo model, boxes within 1e-4; 0.003 on the tiny test model), where padded rows give them exactly. Inductor
-# miscompiles stacked convolutions on a data-dependent batch; docs/export.md has the plugin-free reproduction.
-PADDED_MASK_FORMATS = ("aoti",)
+# Inductor options of the AOTInductor package. Its layout optimization (convolutions switched to channels-last)
+# miscompiles stacked convolutions on a data-dependent batch, such as the mask head on the real detections: the
+# package gave masks up to 0.89 from eager in probability on the demo model (torch 2.14.1, CPU; docs/export.md has
+# the plugin-free reproduction). Without it the masks equal eager's and the package is no slower.
+AOTI_INDUCTOR_OPTIONS = {"layout_optimization": False}
 CUSTOM_OP = "d2_maskext::roi_align"
 # Poolers whose level poolers have an ONNX translation (torchvision's ops in onnxscript, the plugin's here).
 ONNX_LEVEL_POOLERS = (ROIAlign, RoIPool)
@@ -86,11 +86,10 @@ class ExportRequest:
 
 @dataclass
 class SharedGraphs:
-    """What one export run builds once for all its formats: the ``torch.export`` programs (behind
-    ``exported_program`` and ``onnx``; ``aoti`` has its own, with padded mask rows) and the ONNX file (behind
-    ``onnx`` and ``openvino``)."""
+    """What one export run builds once for all its formats: the ``torch.export`` program (behind
+    ``exported_program``, ``aoti`` and ``onnx``) and the ONNX file (behind ``onnx`` and ``openvino``)."""
 
-    programs: dict[bool, torch.export.ExportedProgram] = field(default_factory=dict)  # by pad_mask_rows
+    program: torch.export.ExportedProgram | None = None
     onnx_file: Path | None = None
 
 
@@ -116,11 +115,10 @@ def _dynamic_image_shape(rules: InputRules) -> dict[str, dict[int, torch.export.
 def _export_program(
     adapter: MaskRCNNExportAdapter, image: Tensor, rules: InputRules, shared: SharedGraphs
 ) -> torch.export.ExportedProgram:
-    if adapter.pad_mask_rows not in shared.programs:
+    if shared.program is None:
         with torch.no_grad():
-            program = torch.export.export(adapter, (image,), dynamic_shapes=_dynamic_image_shape(rules))
-        shared.programs[adapter.pad_mask_rows] = program
-    return shared.programs[adapter.pad_mask_rows]
+            shared.program = torch.export.export(adapter, (image,), dynamic_shapes=_dynamic_image_shape(rules))
+    return shared.program
 
 
 def _program_custom_ops(program: torch.export.ExportedProgram) -> list[str]:
@@ -229,7 +227,7 @@ def export_model(
 
         require_openvino()  # before the export, which takes a while
     shared = SharedGraphs() if shared is None else shared
-    adapter = MaskRCNNExportAdapter(model, pad_mask_rows=request.fmt in PADDED_MASK_FORMATS)
+    adapter = MaskRCNNExportAdapter(model)
     request.output_dir.mkdir(parents=True, exist_ok=True)
     path = request.output_dir / FILE_NAMES[request.fmt]
     if request.fmt == "torchscript":
@@ -245,7 +243,8 @@ def export_model(
             torch.export.save(program, str(path))
         else:
             path.unlink(missing_ok=True)
-            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+            with torch._inductor.config.patch(AOTI_INDUCTOR_OPTIONS):
+                torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     metadata = _metadata(request, rules, path.name, custom_ops)
     with atomic_open(path.with_suffix(".json"), "w") as f:
         json.dump(metadata, f, indent=2)

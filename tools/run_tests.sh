@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set up everything that is missing, lint, then run the whole test suite.
 # Extra arguments go to pytest, e.g. `bash tools/run_tests.sh -k roi_align`.
-# `--fast` (first argument) skips the set-up and every test marked `slow`, for a check in about a minute.
+# `--fast` (first argument) skips the set-up and every test marked `slow`, for a check in one to two minutes.
 # Tests run in one pytest-xdist worker per core (D2MX_TEST_WORKERS overrides; 0 runs them in this process), each
 # test module on one worker so that module fixtures are built once, in the order tests/conftest.py gives them.
 set -euo pipefail
